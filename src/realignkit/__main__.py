@@ -1,0 +1,3 @@
+from realignkit.cli import main
+
+main()
