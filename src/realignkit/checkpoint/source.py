@@ -45,7 +45,7 @@ def resolve_model_dir(
     if path.exists():
         if not path.is_dir():
             raise RealignError(f"{what} {str(path)!r} is a file; give the folder that holds it")
-        return path
+        return path.resolve()
     name = str(name_or_path)
     if not looks_like_hub_id(name):
         raise RealignError(f"{what} {name!r} not found: no such folder, and not a hub id")

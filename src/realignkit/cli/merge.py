@@ -1,3 +1,115 @@
-"""Commands of this group are registered on the shared app when this module is imported."""
+"""`realignkit safety-vector` and `realignkit resta`: streaming weight edits."""
 
-from realignkit.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from realignkit.cli.app import app
+from realignkit.ops.selection import DEFAULT_SCOPE_HELP
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
+AllowPickle = Annotated[
+    bool,
+    typer.Option(help="Also read pickle (.bin) checkpoints, with torch.load(weights_only=True)."),
+]
+ShardSize = Annotated[str, typer.Option(help="Largest output shard, e.g. 1GB or 500MB.")]
+Workers = Annotated[int, typer.Option(help="Threads that read and compute ahead of the writer.")]
+
+
+@app.command("safety-vector")
+def safety_vector_cmd(
+    aligned: Annotated[str, typer.Option(help="The safety-aligned model (folder or hub id).")],
+    out: Out,
+    unaligned: Annotated[
+        str | None, typer.Option(help="The aligned model fine-tuned on harmful QA.")
+    ] = None,
+    unaligned_adapter: Annotated[
+        str | None,
+        typer.Option(help="A LoRA adapter trained on top of --aligned on harmful QA (low-rank v)."),
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="Stored precision (default: as the aligned model).")
+    ] = None,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+    max_shard_size: ShardSize = "1GB",
+    workers: Workers = 2,
+) -> None:
+    """Write the safety vector v = θ_aligned − θ_unaligned (dense, or low-rank from an adapter)."""
+    from realignkit.methods.safety_vector import compute_safety_vector
+    from realignkit.modeling import parse_dtype
+
+    path = compute_safety_vector(
+        aligned,
+        out,
+        unaligned=unaligned,
+        unaligned_adapter=unaligned_adapter,
+        dtype=parse_dtype(dtype),
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+        max_shard_size=max_shard_size,
+        workers=workers,
+    )
+    typer.echo(f"safety vector written to {path}")
+
+
+@app.command("resta", help=(
+    "Re-align a fine-tuned model: θ_F + γ·v, optionally with DARE on θ_F − θ_B. "
+    + DEFAULT_SCOPE_HELP
+))
+def resta_cmd(
+    safety_vector: Annotated[Path, typer.Option(help="Folder from `realignkit safety-vector`.")],
+    out: Out,
+    finetuned: Annotated[
+        str | None, typer.Option(help="The fine-tuned model (folder or hub id).")
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(help="The model the fine-tune started from (needed by --dare and --adapter)."),
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="A PEFT LoRA adapter on --base, instead of --finetuned.")
+    ] = None,
+    gamma: Annotated[float, typer.Option(help="Weight γ of the safety vector.")] = 0.5,
+    dare: Annotated[
+        float | None,
+        typer.Option(help="DARE drop rate p in [0, 1) on θ_F − θ_B; kept entries × 1/(1−p)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the DARE masks (per tensor name).")] = 0,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="Also edit: embeddings, norms, biases, lm_head, other, or all."),
+    ] = None,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+    max_shard_size: ShardSize = "1GB",
+    workers: Workers = 2,
+) -> None:
+    from realignkit.checkpoint import FinetunedWeights
+    from realignkit.methods.resta import resta
+    from realignkit.methods.safety_vector import SafetyVector
+
+    with (
+        FinetunedWeights(finetuned, base=base, adapter=adapter, allow_pickle=allow_pickle) as ft,
+        SafetyVector(safety_vector) as sv,
+    ):
+        result = resta(
+            ft,
+            sv,
+            out,
+            gamma=gamma,
+            dare_p=dare,
+            seed=seed,
+            include=include,
+            overwrite=overwrite,
+            max_shard_size=max_shard_size,
+            workers=workers,
+        )
+    typer.echo(
+        f"re-aligned model written to {result.path} "
+        f"({len(result.edited)} tensors edited, {len(result.copied)} copied)"
+    )

@@ -1,0 +1,177 @@
+"""Bounded-memory, all-or-nothing writing of checkpoint folders.
+
+:class:`CheckpointWriter` collects tensors into shards of at most ``max_shard_size`` bytes and
+writes each shard as soon as it is full, so memory holds at most one shard plus the tensor in
+hand. Everything goes into a hidden temporary folder next to the destination, renamed into
+place only when the ``with`` block ends without error: a crash or a bad tensor leaves no half
+model behind, and an existing destination is replaced only with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from realignkit.errors import RealignError
+
+# Files that travel with the weights: configuration, generation settings, tokenizer.
+SUPPORT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str) -> int:
+    """``"2GB"`` / ``"500MB"`` / ``"64KiB"`` / an int → bytes."""
+    if isinstance(size, int):
+        return size
+    text = size.strip().upper().replace(" ", "")
+    for unit, factor in sorted(_UNITS.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    try:
+        return int(text.rstrip("B"))
+    except ValueError as err:
+        raise RealignError(f"cannot read size {size!r}; use e.g. 2GB or 500MB") from err
+
+
+class CheckpointWriter:
+    """Write a folder of safetensors shards (+ index) atomically.
+
+    >>> with CheckpointWriter("out", max_shard_size="2GB") as out:
+    ...     out.add("model.embed_tokens.weight", tensor)
+    ...     out.copy_support_files(source_dir)
+    ...     out.write_card(card_text)
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        max_shard_size: int | str = "1GB",
+        weights_name: str = "model",
+    ) -> None:
+        self.out_dir = Path(out_dir).expanduser().resolve()
+        if self.out_dir.exists() and not overwrite:
+            raise RealignError(f"output {str(self.out_dir)!r} exists; pass --overwrite to replace it")
+        self.max_shard_bytes = parse_size(max_shard_size)
+        self.weights_name = weights_name
+        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self._overwrite = overwrite
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[tuple[Path, list[str]]] = []
+        self._names: set[str] = set()
+        self.total_bytes = 0
+        self._open = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def __enter__(self) -> CheckpointWriter:
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir()
+        self._open = True
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self._open = False
+            return
+        try:
+            self._finish()
+        except BaseException:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            raise
+        finally:
+            self._open = False
+
+    # -- content ------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        """The temporary folder being written (for extra files a caller adds)."""
+        return self.tmp_dir
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Queue one tensor; a full shard is written to disk at once."""
+        if not self._open:
+            raise RuntimeError("CheckpointWriter.add outside its with block")
+        if name in self._names:
+            raise RealignError(f"tensor {name!r} written twice")
+        nbytes = tensor.numel() * tensor.element_size()
+        if self._pending and self._pending_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+        self._pending[name] = tensor.detach().to("cpu").contiguous()
+        self._pending_bytes += nbytes
+        self._names.add(name)
+        self.total_bytes += nbytes
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        index = len(self._shards) + 1
+        path = self.tmp_dir / f"{self.weights_name}-part{index:05d}.safetensors"
+        save_file(self._pending, str(path), metadata={"format": "pt"})
+        self._shards.append((path, list(self._pending)))
+        self._pending = {}
+        self._pending_bytes = 0
+
+    def copy_support_files(self, *source_dirs: str | os.PathLike[str]) -> list[str]:
+        """Copy config, generation config and tokenizer files; later folders win."""
+        copied = []
+        for source_dir in source_dirs:
+            for name in SUPPORT_FILES:
+                src = Path(source_dir) / name
+                if src.is_file():
+                    shutil.copy2(src, self.tmp_dir / name)
+                    copied.append(name)
+        return copied
+
+    def write_card(self, text: str) -> None:
+        (self.tmp_dir / "README.md").write_text(text, encoding="utf-8")
+
+    def write_json(self, filename: str, obj: Any) -> None:
+        (self.tmp_dir / filename).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+    # -- the end ------------------------------------------------------------------------------
+    def _finish(self) -> None:
+        self._flush()
+        count = len(self._shards)
+        if count == 1:
+            self._shards[0][0].rename(self.tmp_dir / f"{self.weights_name}.safetensors")
+        elif count > 1:
+            weight_map: dict[str, str] = {}
+            for i, (path, names) in enumerate(self._shards, start=1):
+                final = f"{self.weights_name}-{i:05d}-of-{count:05d}.safetensors"
+                path.rename(self.tmp_dir / final)
+                weight_map.update(dict.fromkeys(names, final))
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            self.write_json(f"{self.weights_name}.safetensors.index.json", index)
+        trash = None
+        if self.out_dir.exists():
+            if not self._overwrite:
+                raise RealignError(f"output {str(self.out_dir)!r} appeared while writing")
+            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            self.out_dir.rename(trash)
+        self.tmp_dir.rename(self.out_dir)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""RESTA (Bhardwaj et al. 2024): add the safety vector back to a fine-tuned model.
+
+    θ_realigned = θ_F + γ · v,     v = θ_aligned − θ_unaligned
+
+With DARE, the fine-tuning delta δ = θ_F − θ_B is first sparsified (each entry dropped with
+probability p, the rest rescaled by 1/(1 − p)), which removes redundant task updates that
+may carry the unsafe behaviour:
+
+    θ_realigned = θ_B + DARE_p(θ_F − θ_B) + γ · v
+
+The paper reports γ = 0.5 and p = 0.3. Tensors are streamed: memory holds a few tensors and
+one output shard, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, ensure_finite, model_card
+from realignkit.checkpoint.finetuned import check_same_layout
+from realignkit.checkpoint.stream import map_ordered
+from realignkit.errors import RealignError
+from realignkit.methods.safety_vector import SafetyVector
+from realignkit.ops.dare import dare
+from realignkit.ops.selection import DEFAULT_SCOPE_HELP, is_selected, parse_include, tensor_kind
+
+PathLike = str | os.PathLike[str]
+
+
+def resta_tensor(
+    theta_f: torch.Tensor,
+    v: torch.Tensor | None,
+    gamma: float,
+    *,
+    theta_b: torch.Tensor | None = None,
+    drop_p: float = 0.0,
+    seed: int = 0,
+    name: str = "",
+) -> torch.Tensor:
+    """θ_F + γ·v for one tensor (with DARE on θ_F − θ_B when ``drop_p`` > 0), in fp32+.
+
+    A missing ``v`` (a low-rank safety vector that does not touch this tensor) counts as 0.
+    """
+    wide = torch.float64 if theta_f.dtype == torch.float64 else torch.float32
+    theta = theta_f.to(wide)
+    if drop_p > 0.0:
+        if theta_b is None:
+            raise RealignError("DARE needs the base model (--base)")
+        base = theta_b.to(wide)
+        theta = base + dare(theta - base, drop_p, seed, name)
+    if v is not None:
+        theta = theta + gamma * v.to(wide)
+    return theta
+
+
+@dataclass
+class RestaResult:
+    """What :func:`resta` wrote."""
+
+    path: Path
+    edited: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+
+
+def resta(
+    finetuned: FinetunedWeights,
+    safety_vector: SafetyVector,
+    out: PathLike,
+    *,
+    gamma: float = 0.5,
+    dare_p: float | None = None,
+    seed: int = 0,
+    include: Iterable[str] | str | None = None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "1GB",
+    workers: int = 2,
+) -> RestaResult:
+    """Write θ_F + γ·v (optionally with DARE on the fine-tuning delta) as a model folder."""
+    drop_p = float(dare_p or 0.0)
+    if not 0.0 <= drop_p < 1.0:
+        raise RealignError(f"--dare must be in [0, 1), got {drop_p}")
+    if drop_p > 0.0 and finetuned.base is None:
+        raise RealignError("--dare needs --base, the model the fine-tune started from")
+    kinds = parse_include(include)
+    selected = [
+        n
+        for n in finetuned.names
+        if is_selected(n, len(finetuned.shape(n)), kinds, finetuned.dtype(n).is_floating_point)
+    ]
+    if not selected:
+        raise RealignError("no tensor of the fine-tuned model is selected for editing")
+    # Check everything before writing anything: a mismatch ends with no output.
+    if safety_vector.architecture != finetuned.architecture and "unknown" not in (
+        safety_vector.architecture,
+        finetuned.architecture,
+    ):
+        raise RealignError(
+            f"the safety vector was made for a {safety_vector.architecture}, the fine-tuned "
+            f"model is a {finetuned.architecture}"
+        )
+    for name in selected:
+        if name in safety_vector:
+            if tuple(safety_vector.shape(name)) != tuple(finetuned.shape(name)):
+                raise RealignError(
+                    f"tensor {name!r} has shape {tuple(finetuned.shape(name))} in the fine-tuned "
+                    f"model but {tuple(safety_vector.shape(name))} in the safety vector"
+                )
+        elif not safety_vector.is_lowrank:
+            raise RealignError(f"tensor {name!r} is missing from the safety vector {safety_vector.dir}")
+    if drop_p > 0.0 and finetuned.full is not None:
+        assert finetuned.base is not None
+        check_same_layout(finetuned.full, finetuned.base, selected)
+    selected_set = set(selected)
+
+    def realign(name: str) -> torch.Tensor:
+        theta_f = finetuned.get(name)
+        if name not in selected_set:
+            return theta_f
+        v = safety_vector.get(name) if name in safety_vector else None
+        theta_b = finetuned.get_base(name) if drop_p > 0.0 else None
+        result = resta_tensor(theta_f, v, gamma, theta_b=theta_b, drop_p=drop_p, seed=seed, name=name)
+        ensure_finite(result, name, "the result")
+        return result.to(theta_f.dtype)
+
+    result = RestaResult(Path(out))
+    with CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size) as writer:
+        for name, tensor in map_ordered(
+            realign, finetuned.names, workers=workers, desc="RESTA", weights=finetuned.nbytes
+        ):
+            writer.add(name, tensor)
+            (result.edited if name in selected_set else result.copied).append(name)
+        writer.copy_support_files(*finetuned.support_dirs)
+        kinds_edited = sorted({tensor_kind(n, len(finetuned.shape(n))) for n in result.edited})
+        params = {
+            "gamma": gamma,
+            "dare_p": drop_p if drop_p else "off",
+            "dare_rescale": "1/(1-p) (DARE paper)" if drop_p else "-",
+            "seed": seed,
+            "edited tensor kinds": ", ".join(kinds_edited),
+            "tensors edited": len(result.edited),
+            "tensors copied unchanged": len(result.copied),
+        }
+        body = (
+            "## Method\n\nRESTA: θ = θ_F + γ·v with the safety vector v = θ_aligned − "
+            "θ_unaligned" + (", after DARE on the fine-tuning delta θ_F − θ_B (each entry "
+            "dropped with probability p, kept entries divided by 1 − p; the mask of each tensor "
+            "is seeded by (seed, tensor name))." if drop_p else ".") + f"\n\n{DEFAULT_SCOPE_HELP}\n"
+        )
+        inputs = dict(finetuned.describe())
+        inputs["safety_vector"] = str(safety_vector.dir)
+        writer.write_card(
+            model_card(
+                method="RESTA" + ("+DARE" if drop_p else ""),
+                summary="A fine-tuned model re-aligned for safety by adding back a safety vector.",
+                inputs=inputs,
+                params=params,
+                body=body,
+                base_model=inputs.get("finetuned") or inputs.get("base"),
+            )
+        )
+    return result

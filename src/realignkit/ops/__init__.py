@@ -1,0 +1,1 @@
+"""Pure tensor functions: no file, no model. Each is tested against a float64 reference."""
