@@ -165,4 +165,3 @@ class LoraAdapter:
 
     def close(self) -> None:
         self._reader.close()
-

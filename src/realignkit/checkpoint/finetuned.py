@@ -93,11 +93,11 @@ class FinetunedWeights:
         if self.full is not None:
             return self.full.get(name)
         assert self.base is not None and self.adapter is not None
-        if name in self.adapter.full_tensors():
-            tensor = self.adapter.full_tensor(name)
-            ensure_finite(tensor, name, f"adapter {str(self.adapter.dir)!r}")
-            return tensor
-        weight = self.base.get(name)
+        if name in self.adapter.full_tensors():  # modules_to_save, saved embedding layers
+            weight = self.adapter.full_tensor(name)
+            ensure_finite(weight, name, f"adapter {str(self.adapter.dir)!r}")
+        else:
+            weight = self.base.get(name)
         if name in self.adapter.target_weights():
             delta = self.adapter.delta(name, torch.float32)
             ensure_finite(delta, name, f"adapter {str(self.adapter.dir)!r}")

@@ -87,7 +87,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         for d in shape:
             numel *= d
         if end - begin != numel * dtype.itemsize:
-            raise RealignError(f"{path}: tensor {name!r} has a byte range that does not fit its shape")
+            raise RealignError(
+                f"{path}: tensor {name!r} has a byte range that does not fit its shape"
+            )
         if data_start + end > size:
             raise RealignError(
                 f"{path} is truncated: tensor {name!r} ends at byte {data_start + end}, "

@@ -73,7 +73,9 @@ class CheckpointWriter:
     ) -> None:
         self.out_dir = Path(out_dir).expanduser().resolve()
         if self.out_dir.exists() and not overwrite:
-            raise RealignError(f"output {str(self.out_dir)!r} exists; pass --overwrite to replace it")
+            raise RealignError(
+                f"output {str(self.out_dir)!r} exists; pass --overwrite to replace it"
+            )
         self.max_shard_bytes = parse_size(max_shard_size)
         self.weights_name = weights_name
         self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"

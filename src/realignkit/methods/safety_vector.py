@@ -24,7 +24,7 @@ from realignkit import __version__
 from realignkit.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
-    LoraAdapter,
+    FinetunedWeights,
     check_same_layout,
     ensure_finite,
     model_card,
@@ -68,10 +68,15 @@ def compute_safety_vector(
         "dtype": str(dtype).removeprefix("torch.") if dtype else "as aligned",
     }
     tensors: dict[str, dict[str, Any]] = {}
-    with aligned_ckpt, CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size) as w:
+    with (
+        aligned_ckpt,
+        CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size) as w,
+    ):
         if unaligned is not None:
             meta["form"] = "dense"
-            unaligned_ckpt = CheckpointReader(unaligned, allow_pickle=allow_pickle, what="unaligned model")
+            unaligned_ckpt = CheckpointReader(
+                unaligned, allow_pickle=allow_pickle, what="unaligned model"
+            )
             meta["unaligned"] = str(unaligned_ckpt.dir)
             names = [n for n in aligned_ckpt.names if aligned_ckpt.dtype(n).is_floating_point]
             check_same_layout(aligned_ckpt, unaligned_ckpt, names)
@@ -85,17 +90,24 @@ def compute_safety_vector(
 
             with unaligned_ckpt:
                 for name, v in map_ordered(
-                    difference, names, workers=workers, desc="safety vector",
+                    difference,
+                    names,
+                    workers=workers,
+                    desc="safety vector",
                     weights=aligned_ckpt.nbytes,
                 ):
                     w.add(name, v)
                     tensors[name] = {"shape": list(v.shape), "lowrank": False}
         else:
             meta["form"] = "lowrank"
-            adapter = LoraAdapter(unaligned_adapter)  # type: ignore[arg-type]
-            adapter.check_against(aligned_ckpt)
+            unaligned_weights = FinetunedWeights(base=aligned, adapter=unaligned_adapter)
+            adapter = unaligned_weights.adapter
+            assert adapter is not None
             meta["unaligned_adapter"] = str(adapter.dir)
+            replaced = set(adapter.full_tensors())
             for name in adapter.target_weights():
+                if name in replaced:
+                    continue  # a whole new tensor plus a delta: stored densely below
                 factors = adapter.factors(name)
                 store = dtype or factors.lora_a.dtype
                 left = (-factors.scale * factors.lora_b.float()).to(store)
@@ -110,12 +122,12 @@ def compute_safety_vector(
                     "transpose": factors.transpose,
                     "rank": int(right.shape[0]),
                 }
-            for name in adapter.full_tensors():
+            for name in sorted(replaced):
                 a = aligned_ckpt.get(name)
-                v = (a.float() - adapter.full_tensor(name).float()).to(dtype or a.dtype)
+                v = (a.float() - unaligned_weights.get(name).float()).to(dtype or a.dtype)
                 w.add(name, v)
                 tensors[name] = {"shape": list(v.shape), "lowrank": False}
-            adapter.close()
+            unaligned_weights.close()
         meta["tensors"] = tensors
         w.write_json(META_FILE, meta)
         inputs = {k: meta[k] for k in ("aligned", "unaligned", "unaligned_adapter") if k in meta}
