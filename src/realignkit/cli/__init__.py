@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 import sys
 
-from realignkit.cli.app import app
-from realignkit.errors import RealignError
+from realignkit.cli import demo as _demo  # noqa: E402,F401  demo
+from realignkit.cli import evaluate as _evaluate  # noqa: E402,F401  eval, judge, compare
+from realignkit.cli import irr as _irr  # noqa: E402,F401  fisher, irr
 
 # Importing a module registers its commands on `app`.
 from realignkit.cli import merge as _merge  # noqa: E402,F401  safety-vector, resta
-from realignkit.cli import irr as _irr  # noqa: E402,F401  fisher, irr
-from realignkit.cli import evaluate as _evaluate  # noqa: E402,F401  eval, judge, compare
-from realignkit.cli import train as _train  # noqa: E402,F401  finetune, unalign
 from realignkit.cli import safelora as _safelora  # noqa: E402,F401  safelora
 from realignkit.cli import sweep as _sweep  # noqa: E402,F401  sweep
-from realignkit.cli import demo as _demo  # noqa: E402,F401  demo
+from realignkit.cli import train as _train  # noqa: E402,F401  finetune, unalign
+from realignkit.cli.app import app
+from realignkit.errors import RealignError
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -57,10 +57,13 @@ def safety_vector_cmd(
     typer.echo(f"safety vector written to {path}")
 
 
-@app.command("resta", help=(
-    "Re-align a fine-tuned model: θ_F + γ·v, optionally with DARE on θ_F − θ_B. "
-    + DEFAULT_SCOPE_HELP
-))
+@app.command(
+    "resta",
+    help=(
+        "Re-align a fine-tuned model: θ_F + γ·v, optionally with DARE on θ_F − θ_B. "
+        + DEFAULT_SCOPE_HELP
+    ),
+)
 def resta_cmd(
     safety_vector: Annotated[Path, typer.Option(help="Folder from `realignkit safety-vector`.")],
     out: Out,

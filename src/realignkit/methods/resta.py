@@ -111,7 +111,9 @@ def resta(
                     f"model but {tuple(safety_vector.shape(name))} in the safety vector"
                 )
         elif not safety_vector.is_lowrank:
-            raise RealignError(f"tensor {name!r} is missing from the safety vector {safety_vector.dir}")
+            raise RealignError(
+                f"tensor {name!r} is missing from the safety vector {safety_vector.dir}"
+            )
     if drop_p > 0.0 and finetuned.full is not None:
         assert finetuned.base is not None
         check_same_layout(finetuned.full, finetuned.base, selected)
@@ -123,7 +125,9 @@ def resta(
             return theta_f
         v = safety_vector.get(name) if name in safety_vector else None
         theta_b = finetuned.get_base(name) if drop_p > 0.0 else None
-        result = resta_tensor(theta_f, v, gamma, theta_b=theta_b, drop_p=drop_p, seed=seed, name=name)
+        result = resta_tensor(
+            theta_f, v, gamma, theta_b=theta_b, drop_p=drop_p, seed=seed, name=name
+        )
         ensure_finite(result, name, "the result")
         return result.to(theta_f.dtype)
 
@@ -147,9 +151,15 @@ def resta(
         }
         body = (
             "## Method\n\nRESTA: θ = θ_F + γ·v with the safety vector v = θ_aligned − "
-            "θ_unaligned" + (", after DARE on the fine-tuning delta θ_F − θ_B (each entry "
-            "dropped with probability p, kept entries divided by 1 − p; the mask of each tensor "
-            "is seeded by (seed, tensor name))." if drop_p else ".") + f"\n\n{DEFAULT_SCOPE_HELP}\n"
+            "θ_unaligned"
+            + (
+                ", after DARE on the fine-tuning delta θ_F − θ_B (each entry "
+                "dropped with probability p, kept entries divided by 1 − p; each tensor's mask "
+                "is seeded by (seed, tensor name))."
+                if drop_p
+                else "."
+            )
+            + f"\n\n{DEFAULT_SCOPE_HELP}\n"
         )
         inputs = dict(finetuned.describe())
         inputs["safety_vector"] = str(safety_vector.dir)

@@ -22,7 +22,9 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def dare_keep_mask(shape: torch.Size | tuple[int, ...], p: float, seed: int, name: str) -> torch.Tensor:
+def dare_keep_mask(
+    shape: torch.Size | tuple[int, ...], p: float, seed: int, name: str
+) -> torch.Tensor:
     """Boolean mask of kept entries: each kept with probability ``1 − p``."""
     generator = torch.Generator(device="cpu").manual_seed(tensor_seed(seed, name))
     return torch.rand(shape, generator=generator, dtype=torch.float32) >= p
