@@ -435,13 +435,32 @@ def test_bad_nan_inf_input_and_result(tmp_path, capsys, llama_world) -> None:
         "o_proj",
         "Inf",
     )
+    # float16 output: γ·v overflows the stored dtype even though fp32 arithmetic does not
+    half = save_tiny_model("llama", tmp_path / "half", dtype=torch.float16)
     _expect_failure(
         capsys,
         tmp_path,
         [
             "resta",
             "--finetuned",
-            llama_world["F"],
+            half,
+            "--safety-vector",
+            llama_world["SV"],
+            "--gamma",
+            "1e7",
+            "-o",
+            tmp_path / "out",
+        ],
+        llama_world,
+        "in the result contains Inf",
+    )
+    _expect_failure(
+        capsys,
+        tmp_path,
+        [
+            "resta",
+            "--finetuned",
+            half,
             "--safety-vector",
             llama_world["SV"],
             "--gamma",
@@ -450,7 +469,7 @@ def test_bad_nan_inf_input_and_result(tmp_path, capsys, llama_world) -> None:
             tmp_path / "out",
         ],
         llama_world,
-        "in the result contains Inf",
+        "--gamma must be a finite float32 number",
     )
 
 

@@ -14,6 +14,7 @@ one output shard, whatever the model size.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -45,16 +46,18 @@ def resta_tensor(
     """θ_F + γ·v for one tensor (with DARE on θ_F − θ_B when ``drop_p`` > 0), in fp32+.
 
     A missing ``v`` (a low-rank safety vector that does not touch this tensor) counts as 0.
+    Works in place on one widened copy of θ_F: at 7B scale every temporary is a full
+    tensor's worth of memory bandwidth.
     """
     wide = torch.float64 if theta_f.dtype == torch.float64 else torch.float32
-    theta = theta_f.to(wide)
+    theta = theta_f.to(wide, copy=True)
     if drop_p > 0.0:
         if theta_b is None:
             raise RealignError("DARE needs the base model (--base)")
-        base = theta_b.to(wide)
-        theta = base + dare(theta - base, drop_p, seed, name)
+        delta = theta.sub_(theta_b)  # reuses theta's memory: theta now holds θ_F − θ_B
+        theta = dare(delta, drop_p, seed, name).add_(theta_b)
     if v is not None:
-        theta = theta + gamma * v.to(wide)
+        theta.add_(v, alpha=gamma)  # mixed precision in place: v stays in its stored dtype
     return theta
 
 
@@ -81,6 +84,8 @@ def resta(
     workers: int = 2,
 ) -> RestaResult:
     """Write θ_F + γ·v (optionally with DARE on the fine-tuning delta) as a model folder."""
+    if not math.isfinite(gamma) or abs(gamma) >= torch.finfo(torch.float32).max:
+        raise RealignError(f"--gamma must be a finite float32 number, got {gamma}")
     drop_p = float(dare_p or 0.0)
     if not 0.0 <= drop_p < 1.0:
         raise RealignError(f"--dare must be in [0, 1), got {drop_p}")
@@ -123,13 +128,13 @@ def resta(
         theta_f = finetuned.get(name)
         if name not in selected_set:
             return theta_f
-        v = safety_vector.get(name) if name in safety_vector else None
+        v = safety_vector.get(name, dtype=None) if name in safety_vector else None
         theta_b = finetuned.get_base(name) if drop_p > 0.0 else None
         result = resta_tensor(
             theta_f, v, gamma, theta_b=theta_b, drop_p=drop_p, seed=seed, name=name
-        )
-        ensure_finite(result, name, "the result")
-        return result.to(theta_f.dtype)
+        ).to(theta_f.dtype)
+        ensure_finite(result, name, "the result")  # after the cast: what would be written
+        return result
 
     result = RestaResult(Path(out))
     with CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size) as writer:

@@ -189,13 +189,15 @@ class SafetyVector:
         left, right = self._reader.get(name + LEFT), self._reader.get(name + RIGHT)
         return left, right, bool(entry.get("transpose"))
 
-    def get(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The dense ``v`` of one tensor, in ``dtype``."""
+    def get(self, name: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """The dense ``v`` of one tensor, in ``dtype`` (None: as stored; low rank: float32)."""
         lowrank = self.factors(name)
         if lowrank is None:
             self.shape(name)  # one-line error when missing
-            return self._reader.get(name).to(dtype)
+            v = self._reader.get(name)
+            return v if dtype is None else v.to(dtype)
         left, right, transpose = lowrank
+        dtype = dtype or torch.float32
         v = left.to(dtype) @ right.to(dtype)
         return v.T.contiguous() if transpose else v
 

@@ -1,0 +1,283 @@
+"""RESTA throughput, memory and exactness against the disk and against mergekit.
+
+Makes synthetic Llama-shaped checkpoints (random bf16 weights: speed does not depend on the
+values), then measures in one run, each step in a fresh process with cold page cache:
+
+- the time to read each step's input files cold (the floor for a streaming merge),
+- `realignkit safety-vector`, `realignkit resta` and `realignkit resta --dare 0.3`:
+  wall time and peak RSS,
+- mergekit's `task_arithmetic` computing the same model (base = unaligned, fine-tuned with
+  weight 1, aligned with weight γ gives θ_F + γ·(θ_A − θ_U)), from its own virtual env,
+- the largest difference between realignkit's and mergekit's outputs, in bf16 rounding units.
+
+    python benchmarks/bench_resta.py                   # ~1.1B parameters (TinyLlama shape)
+    python benchmarks/bench_resta.py --shape llama-7b  # Llama-2-7B shapes (≈ 40 GB of disk)
+    python benchmarks/bench_resta.py --mergekit-venv /path/to/venv   # with `pip install mergekit`
+
+Targets from the issue: resta ≤ 1.2× its read time, ≥ 1.5× mergekit's speed, peak RSS ≤ 3 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = {
+    "small": dict(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        vocab_size=8000,
+    ),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+    ),
+    "llama-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+}
+
+
+def make_checkpoint(folder: Path, shape: dict, seed: int, like: Path | None = None) -> None:
+    """A random bf16 Llama checkpoint; ``like`` + small noise when given (a fine-tune of it)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from realignkit.checkpoint import CheckpointReader, CheckpointWriter
+
+    config = LlamaConfig(
+        **shape, tie_word_embeddings=False, dtype="bfloat16", architectures=["LlamaForCausalLM"]
+    )
+    with torch.device("meta"):
+        shapes = {
+            k: v.shape for k, v in AutoModelForCausalLM.from_config(config).state_dict().items()
+        }
+    gen = torch.Generator().manual_seed(seed)
+    source = CheckpointReader(like) if like else None
+    with CheckpointWriter(folder, max_shard_size="2GB") as writer:
+        for name, size in shapes.items():
+            noise = torch.randn(size, generator=gen, dtype=torch.float32)
+            if source is None:
+                tensor = noise.mul_(0.02).to(torch.bfloat16)
+            else:
+                tensor = source.get(name).float().add_(noise, alpha=1e-3).to(torch.bfloat16)
+            writer.add(name, tensor)
+        config.save_pretrained(writer.path)
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files from the page cache so the next read comes from the disk."""
+    os.sync()
+    for folder in paths:
+        for f in folder.glob("*.safetensors"):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def cold_read_seconds(paths: list[Path]) -> float:
+    evict(paths)
+    buffer = bytearray(64 << 20)
+    start = time.perf_counter()
+    for folder in paths:
+        for f in sorted(folder.glob("*.safetensors")):
+            with f.open("rb", buffering=0) as fh:
+                while fh.readinto(buffer):
+                    pass
+    return time.perf_counter() - start
+
+
+def timed(cmd: list[str], inputs: list[Path]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of ``cmd`` in a fresh process, inputs cold."""
+    evict(inputs)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err}")
+    return wall, usage.ru_maxrss / 1024**2  # ru_maxrss is in KiB on Linux
+
+
+def max_ulp_difference(a: Path, b: Path) -> tuple[float, int]:
+    """Largest |a − b| over all tensors, and the number of entries that differ at all."""
+    from realignkit.checkpoint import CheckpointReader
+
+    worst, differing = 0.0, 0
+    with CheckpointReader(a) as x, CheckpointReader(b) as y:
+        for name in x.names:
+            d = (x.get(name).float() - y.get(name).float()).abs()
+            worst = max(worst, float(d.max()))
+            differing += int((d > 0).sum())
+    return worst, differing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="1b")
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep checkpoints here.")
+    parser.add_argument(
+        "--mergekit-venv",
+        type=Path,
+        default=None,
+        help="A virtual env with mergekit installed (default: $MERGEKIT_VENV).",
+    )
+    parser.add_argument("--gamma", type=float, default=0.5)
+    parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    args = parser.parse_args()
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-resta-"))
+    work.mkdir(parents=True, exist_ok=True)
+    shape = SHAPES[args.shape]
+    A, U, F, SV = work / "aligned", work / "unaligned", work / "finetuned", work / "sv"
+    for folder, seed, like in ((A, 0, None), (U, 1, A), (F, 2, A)):
+        if not (folder / "config.json").exists():
+            print(f"making {folder.name} ...", flush=True)
+            make_checkpoint(folder, shape, seed, like)
+    size_gb = sum(f.stat().st_size for f in A.glob("*.safetensors")) / 1e9
+    rk = [sys.executable, "-m", "realignkit"]
+    rows = []
+
+    for out in (SV, work / "resta", work / "resta-dare", work / "mergekit"):
+        shutil.rmtree(out, ignore_errors=True)
+    read_sv = cold_read_seconds([A, U])
+    t, rss = timed(
+        rk + ["safety-vector", "--aligned", str(A), "--unaligned", str(U), "-o", str(SV)], [A, U]
+    )
+    rows.append(("realignkit safety-vector", t, rss, read_sv))
+    read_resta = cold_read_seconds([F, SV])
+    t_resta, rss = timed(
+        rk
+        + [
+            "resta",
+            "--finetuned",
+            str(F),
+            "--safety-vector",
+            str(SV),
+            "--gamma",
+            str(args.gamma),
+            "--include",
+            "all",
+            "-o",
+            str(work / "resta"),
+        ],
+        [F, SV],
+    )
+    rows.append(("realignkit resta", t_resta, rss, read_resta))
+    read_dare = cold_read_seconds([F, SV, A])
+    t, rss = timed(
+        rk
+        + [
+            "resta",
+            "--finetuned",
+            str(F),
+            "--safety-vector",
+            str(SV),
+            "--gamma",
+            str(args.gamma),
+            "--include",
+            "all",
+            "--dare",
+            "0.3",
+            "--base",
+            str(A),
+            "-o",
+            str(work / "resta-dare"),
+        ],
+        [F, SV, A],
+    )
+    rows.append(("realignkit resta --dare 0.3", t, rss, read_dare))
+
+    venv = args.mergekit_venv or (
+        Path(os.environ["MERGEKIT_VENV"]) if "MERGEKIT_VENV" in os.environ else None
+    )
+    mergekit_time = None
+    if venv and (venv / "bin" / "mergekit-yaml").exists():
+        config = work / "mergekit.yml"
+        config.write_text(
+            json.dumps(
+                {
+                    "merge_method": "task_arithmetic",
+                    "base_model": str(U),
+                    "models": [
+                        {"model": str(F), "parameters": {"weight": 1.0}},
+                        {"model": str(A), "parameters": {"weight": args.gamma}},
+                    ],
+                    "parameters": {"normalize": False},
+                    "dtype": "bfloat16",
+                }
+            )
+        )
+        read_mk = cold_read_seconds([U, F, A])
+        mergekit_time, rss = timed(
+            [
+                str(venv / "bin" / "mergekit-yaml"),
+                str(config),
+                str(work / "mergekit"),
+                "--lazy-unpickle",
+                "--out-shard-size",
+                "2B",
+                "--quiet",
+            ],
+            [U, F, A],
+        )
+        rows.append(("mergekit task_arithmetic", mergekit_time, rss, read_mk))
+    else:
+        print("mergekit: no venv given (--mergekit-venv or $MERGEKIT_VENV); skipped")
+
+    print(
+        f"\nshape {args.shape}: {size_gb:.2f} GB per checkpoint (bf16), {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}\n"
+    )
+    print("| step | wall s | peak RSS GB | cold read of its inputs s | wall / read |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, wall, rss, read in rows:
+        print(f"| {name} | {wall:.1f} | {rss:.2f} | {read:.1f} | {wall / read:.2f} |")
+    figures = {"shape": args.shape, "gb_per_checkpoint": size_gb, "rows": rows}
+    if mergekit_time is not None:
+        speedup = mergekit_time / t_resta
+        total = rows[0][1] + t_resta
+        worst, differing = max_ulp_difference(work / "resta", work / "mergekit")
+        print(
+            f"\nmergekit / realignkit resta: {speedup:.2f}x faster "
+            f"(safety-vector + resta together: {mergekit_time / total:.2f}x)"
+        )
+        print(
+            f"largest |realignkit − mergekit| = {worst:.3g} over all tensors; "
+            f"{differing} entries differ (bf16 rounding of a different summation order)"
+        )
+        figures.update(speedup=speedup, max_abs_diff=worst, entries_differing=differing)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
