@@ -154,3 +154,35 @@ def test_adapter_for_another_model_is_refused(tmp_path: Path) -> None:
     gpt2_dir = save_tiny_model("gpt2", tmp_path / "gpt2")
     with pytest.raises(RealignError, match="q_proj.weight', which is not in model"):
         FinetunedWeights(base=gpt2_dir, adapter=adapter_dir)
+
+
+def test_planned_writer_streams_to_final_shards(tmp_path: Path) -> None:
+    from realignkit.checkpoint.writer import TensorSpec
+
+    tensors = {f"t{i}": torch.randn(64, 64).to(torch.bfloat16) for i in range(5)}
+    tensors["flag"] = torch.tensor([True, False])
+    plan = [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in tensors.items()]
+    out = tmp_path / "out"
+    with CheckpointWriter(out, max_shard_size="20KB", plan=plan) as writer:
+        for name, t in tensors.items():
+            writer.add(name, t)
+        with pytest.raises(RuntimeError, match="not the next one"):
+            writer.add("extra", torch.ones(1))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert sorted(set(index["weight_map"].values())) == [
+        f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)
+    ]
+    back = load_folder_tensors(out)  # read back by the safetensors library itself
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+
+
+def test_planned_writer_refuses_an_incomplete_output(tmp_path: Path) -> None:
+    from realignkit.checkpoint.writer import TensorSpec
+
+    plan = [TensorSpec("a", (2,), torch.float32), TensorSpec("b", (2,), torch.float32)]
+    with (
+        pytest.raises(RealignError, match="'b' was never written"),
+        CheckpointWriter(tmp_path / "out", plan=plan) as writer,
+    ):
+        writer.add("a", torch.ones(2))
+    assert list(tmp_path.iterdir()) == []

@@ -216,10 +216,7 @@ class CheckpointReader:
     def get(self, name: str, *, check_finite: bool = True) -> torch.Tensor:
         """A fresh CPU tensor holding ``name``; NaN/Inf raise :class:`RealignError`."""
         self._require(name)
-        if self.is_pickle:
-            tensor = self._pickled[name].clone()
-        else:
-            tensor = self._read(self._infos[name])
+        tensor = self._pickled[name].clone() if self.is_pickle else self._read(self._infos[name])
         if check_finite:
             ensure_finite(tensor, name, f"{self.what} {str(self.dir)!r}")
         return tensor
@@ -261,7 +258,16 @@ class CheckpointReader:
 
 
 def ensure_finite(tensor: torch.Tensor, name: str, where: str) -> None:
-    """Raise a one-line error when a floating tensor holds NaN or Inf."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
-        raise RealignError(f"tensor {name!r} in {where} contains {bad}")
+    """Raise a one-line error when a floating tensor holds NaN or Inf.
+
+    ``aminmax`` propagates NaN and exposes ±Inf in one vectorised pass, several times faster
+    than ``isfinite(t).all()``, which materialises a boolean tensor; the slow exact test runs
+    only to name the culprit.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return
+    bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
+    raise RealignError(f"tensor {name!r} in {where} contains {bad}")

@@ -13,13 +13,18 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import save_file
 
+from realignkit.checkpoint.reader import SAFETENSORS_DTYPES
 from realignkit.errors import RealignError
+
+DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
 # Files that travel with the weights: configuration, generation settings, tokenizer.
 SUPPORT_FILES = (
@@ -54,6 +59,38 @@ def parse_size(size: int | str) -> int:
         raise RealignError(f"cannot read size {size!r}; use e.g. 2GB or 500MB") from err
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """One planned output tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= d
+        return count * self.dtype.itemsize
+
+
+def _shard_header(specs: Sequence[TensorSpec]) -> bytes:
+    """The safetensors header for ``specs`` laid out back to back, padded to 8 bytes."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        header[spec.name] = {
+            "dtype": DTYPE_CODES[spec.dtype],
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw
+
+
 class CheckpointWriter:
     """Write a folder of safetensors shards (+ index) atomically.
 
@@ -70,6 +107,7 @@ class CheckpointWriter:
         overwrite: bool = False,
         max_shard_size: int | str = "1GB",
         weights_name: str = "model",
+        plan: Sequence[TensorSpec] | None = None,
     ) -> None:
         self.out_dir = Path(out_dir).expanduser().resolve()
         if self.out_dir.exists() and not overwrite:
@@ -86,6 +124,30 @@ class CheckpointWriter:
         self._names: set[str] = set()
         self.total_bytes = 0
         self._open = False
+        self._plan = list(plan) if plan is not None else None
+        self._planned_shards: list[list[TensorSpec]] = []
+        self._position = 0  # next planned tensor
+        self._shard_file: BinaryIO | None = None
+        if self._plan is not None:
+            self._planned_shards = self._split(self._plan)
+        self._shard_of = {s.name: i for i, shard in enumerate(self._planned_shards) for s in shard}
+
+    def _split(self, specs: list[TensorSpec]) -> list[list[TensorSpec]]:
+        shards: list[list[TensorSpec]] = [[]]
+        size = 0
+        for spec in specs:
+            if shards[-1] and size + spec.nbytes > self.max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append(spec)
+            size += spec.nbytes
+        return shards if shards[0] else []
+
+    def _planned_file_name(self, index: int) -> str:
+        count = len(self._planned_shards)
+        if count == 1:
+            return f"{self.weights_name}.safetensors"
+        return f"{self.weights_name}-{index + 1:05d}-of-{count:05d}.safetensors"
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> CheckpointWriter:
@@ -96,6 +158,8 @@ class CheckpointWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
+            if self._shard_file is not None:
+                self._shard_file.close()
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self._open = False
             return
@@ -119,6 +183,9 @@ class CheckpointWriter:
             raise RuntimeError("CheckpointWriter.add outside its with block")
         if name in self._names:
             raise RealignError(f"tensor {name!r} written twice")
+        if self._plan is not None:
+            self._write_planned(name, tensor)
+            return
         nbytes = tensor.numel() * tensor.element_size()
         if self._pending and self._pending_bytes + nbytes > self.max_shard_bytes:
             self._flush()
@@ -126,6 +193,32 @@ class CheckpointWriter:
         self._pending_bytes += nbytes
         self._names.add(name)
         self.total_bytes += nbytes
+
+    def _write_planned(self, name: str, tensor: torch.Tensor) -> None:
+        """Append one planned tensor to its shard file (opening the shard, header first)."""
+        assert self._plan is not None
+        if self._position >= len(self._plan) or self._plan[self._position].name != name:
+            raise RuntimeError(f"tensor {name!r} is not the next one in the writer's plan")
+        spec = self._plan[self._position]
+        if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
+            raise RuntimeError(f"tensor {name!r} does not match the writer's plan")
+        shard_index = self._shard_of[name]
+        shard = self._planned_shards[shard_index]
+        if shard[0] is spec:
+            path = self.tmp_dir / self._planned_file_name(shard_index)
+            self._shard_file = path.open("wb")
+            self._shard_file.write(_shard_header(shard))
+            self._shards.append((path, [s.name for s in shard]))
+        assert self._shard_file is not None
+        if spec.nbytes:
+            flat = tensor.detach().to("cpu").contiguous().view(-1)
+            self._shard_file.write(memoryview(flat.view(torch.uint8).numpy()))
+        if shard[-1] is spec:
+            self._shard_file.close()
+            self._shard_file = None
+        self._position += 1
+        self._names.add(name)
+        self.total_bytes += spec.nbytes
 
     def _flush(self) -> None:
         if not self._pending:
@@ -156,6 +249,16 @@ class CheckpointWriter:
 
     # -- the end ------------------------------------------------------------------------------
     def _finish(self) -> None:
+        if self._plan is not None:
+            if self._position != len(self._plan):
+                missing = self._plan[self._position].name
+                raise RealignError(f"output incomplete: tensor {missing!r} was never written")
+            if len(self._shards) > 1:
+                weight_map = {n: p.name for p, names in self._shards for n in names}
+                index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+                self.write_json(f"{self.weights_name}.safetensors.index.json", index)
+            self._publish()
+            return
         self._flush()
         count = len(self._shards)
         if count == 1:
@@ -168,6 +271,10 @@ class CheckpointWriter:
                 weight_map.update(dict.fromkeys(names, final))
             index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
             self.write_json(f"{self.weights_name}.safetensors.index.json", index)
+        self._publish()
+
+    def _publish(self) -> None:
+        """Rename the finished temporary folder into place (replacing an old output)."""
         trash = None
         if self.out_dir.exists():
             if not self._overwrite:

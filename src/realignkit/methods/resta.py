@@ -25,6 +25,7 @@ import torch
 from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, ensure_finite, model_card
 from realignkit.checkpoint.finetuned import check_same_layout
 from realignkit.checkpoint.stream import map_ordered
+from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
 from realignkit.methods.safety_vector import SafetyVector
 from realignkit.ops.dare import dare
@@ -43,12 +44,18 @@ def resta_tensor(
     seed: int = 0,
     name: str = "",
 ) -> torch.Tensor:
-    """θ_F + γ·v for one tensor (with DARE on θ_F − θ_B when ``drop_p`` > 0), in fp32+.
+    """θ_F + γ·v for one tensor (with DARE on θ_F − θ_B when ``drop_p`` > 0).
+
+    The arithmetic is done in fp32 (fp64 for fp64 inputs); the caller casts the result.
 
     A missing ``v`` (a low-rank safety vector that does not touch this tensor) counts as 0.
     Works in place on one widened copy of θ_F: at 7B scale every temporary is a full
     tensor's worth of memory bandwidth.
     """
+    if drop_p == 0.0 and v is not None and v.dtype == theta_f.dtype:
+        # One fused kernel: low-precision inputs are widened to fp32 inside it and the sum is
+        # rounded once, bit-identical to the widened path below at a third of the traffic.
+        return torch.add(theta_f, v, alpha=gamma)
     wide = torch.float64 if theta_f.dtype == torch.float64 else torch.float32
     theta = theta_f.to(wide, copy=True)
     if drop_p > 0.0:
@@ -137,7 +144,10 @@ def resta(
         return result
 
     result = RestaResult(Path(out))
-    with CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size) as writer:
+    plan = [TensorSpec(n, tuple(finetuned.shape(n)), finetuned.dtype(n)) for n in finetuned.names]
+    with CheckpointWriter(
+        out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
+    ) as writer:
         for name, tensor in map_ordered(
             realign, finetuned.names, workers=workers, desc="RESTA", weights=finetuned.nbytes
         ):

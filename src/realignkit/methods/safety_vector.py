@@ -30,6 +30,7 @@ from realignkit.checkpoint import (
     model_card,
 )
 from realignkit.checkpoint.stream import map_ordered
+from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
 
 META_FILE = "safety_vector.json"
@@ -68,18 +69,22 @@ def compute_safety_vector(
         "dtype": str(dtype).removeprefix("torch.") if dtype else "as aligned",
     }
     tensors: dict[str, dict[str, Any]] = {}
+    plan = None
+    if unaligned is not None:
+        # Dense: the output's tensors are known up front, so shards stream straight to disk.
+        unaligned_ckpt = CheckpointReader(
+            unaligned, allow_pickle=allow_pickle, what="unaligned model"
+        )
+        names = [n for n in aligned_ckpt.names if aligned_ckpt.dtype(n).is_floating_point]
+        check_same_layout(aligned_ckpt, unaligned_ckpt, names)
+        plan = [TensorSpec(n, aligned_ckpt.shape(n), dtype or aligned_ckpt.dtype(n)) for n in names]
     with (
         aligned_ckpt,
-        CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size) as w,
+        CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan) as w,
     ):
         if unaligned is not None:
             meta["form"] = "dense"
-            unaligned_ckpt = CheckpointReader(
-                unaligned, allow_pickle=allow_pickle, what="unaligned model"
-            )
             meta["unaligned"] = str(unaligned_ckpt.dir)
-            names = [n for n in aligned_ckpt.names if aligned_ckpt.dtype(n).is_floating_point]
-            check_same_layout(aligned_ckpt, unaligned_ckpt, names)
 
             def difference(name: str) -> torch.Tensor:
                 a = aligned_ckpt.get(name)
