@@ -104,6 +104,22 @@ class LoraAdapter:
         """Base-checkpoint names of tensors the adapter replaces whole (modules_to_save)."""
         return list(self._full)
 
+    @property
+    def keys(self) -> list[str]:
+        """Every tensor key of ``adapter_model.safetensors``, as PEFT saved it."""
+        return list(self._reader.names)
+
+    def raw(self, key: str) -> torch.Tensor:
+        """One tensor of the adapter file by its saved key (for rewriting an adapter)."""
+        return self._reader.get(key)
+
+    def lora_keys(self, weight_name: str) -> tuple[str, str]:
+        """The saved keys of the A and B factors of ``weight_name``."""
+        if weight_name not in self._lora:
+            raise RealignError(f"adapter {str(self.dir)!r} has no LoRA factors for {weight_name!r}")
+        key_a, key_b, _ = self._lora[weight_name]
+        return key_a, key_b
+
     def touches(self, name: str) -> bool:
         return name in self._lora or name in self._full
 

@@ -26,13 +26,15 @@ def model_card(
     body: str = "",
     base_model: str | None = None,
     tags: tuple[str, ...] = (),
+    library_name: str = "transformers",
 ) -> str:
     """A Hugging Face model card (README.md) with YAML front matter.
 
     ``inputs`` names the models and files the output was made from, ``params`` every
     hyper-parameter; both become tables. ``body`` adds method-specific sections.
+    ``library_name`` is ``peft`` for adapter folders.
     """
-    front = ["---", "library_name: transformers", "tags:", "- realignkit", f"- {method}"]
+    front = ["---", f"library_name: {library_name}", "tags:", "- realignkit", f"- {method}"]
     front += [f"- {t}" for t in tags]
     if base_model:
         front.append(f"base_model: {json.dumps(str(base_model))}")
