@@ -63,7 +63,9 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
             elif kind in (".csv", ".tsv"):
                 rows = list(csv.DictReader(fh, delimiter="\t" if kind == ".tsv" else ","))
             else:
-                raise RealignError(f"{path}: unknown data format {kind!r}; use .jsonl, .json or .csv")
+                raise RealignError(
+                    f"{path}: unknown data format {kind!r}; use .jsonl, .json or .csv"
+                )
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
         raise RealignError(f"{path}: cannot parse ({type(err).__name__}: {err})") from err
     if not rows:
