@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-# Two cores in CI: keep torch from oversubscribing them when tests run in parallel processes.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests run tiny models: one torch thread is as fast as two, and OpenMP threads that spin
+    while another process holds the other core make small ops 20-40x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -181,7 +181,7 @@ def test_resta_with_dare_matches_reference_and_is_deterministic(tmp_path: Path) 
             == 0
         )
         outputs.append(load_folder_tensors(out))
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     for other in outputs[1:]:
         assert all(torch.equal(outputs[0][k], other[k]) for k in outputs[0])
     a, u, f = (load_folder_tensors(world[k]) for k in "AUF")

@@ -1,3 +1,229 @@
-"""Commands of this group are registered on the shared app when this module is imported."""
+"""`realignkit fisher` and `realignkit irr`: options in, Python API called, one line out."""
 
-from realignkit.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from realignkit.cli.app import app
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
+Device = Annotated[
+    str | None, typer.Option(help="Where the model runs (cuda, cpu...); default: the accelerator.")
+]
+Dtype = Annotated[
+    str | None, typer.Option(help="Precision of the model's forward passes (default: bf16 on GPU).")
+]
+Seed = Annotated[int, typer.Option(help="Seed of data subsampling and random masks.")]
+MaxLength = Annotated[int, typer.Option(help="Tokens per sample at most (longer ones are cut).")]
+NumSamples = Annotated[int, typer.Option(help="Samples drawn from the data file (seeded).")]
+BatchSize = Annotated[int, typer.Option(help="Sequences per forward pass.")]
+Modules = Annotated[
+    str | None,
+    typer.Option(help="Comma list of linear layers to use, e.g. q_proj,v_proj (default: all)."),
+]
+PromptColumn = Annotated[str, typer.Option(help="Column holding the prompts.")]
+
+
+def _split(modules: str | None) -> list[str] | None:
+    if not modules:
+        return None
+    return [m.strip() for m in modules.split(",") if m.strip()]
+
+
+@app.command("fisher")
+def fisher_cmd(
+    model: Annotated[str, typer.Option(help="The safety-aligned model (folder or hub id).")],
+    harmful: Annotated[
+        Path, typer.Option(help="Harmful prompts with safe responses (JSONL/JSON/CSV).")
+    ],
+    out: Out,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="per-sample: mean of squared per-sample gradients; per-batch: "
+            "squared mini-batch gradients (the official code)."
+        ),
+    ] = "per-sample",
+    modules: Modules = None,
+    generate_responses: Annotated[
+        bool, typer.Option(help="Let the aligned model write the safe responses first.")
+    ] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Length of generated responses.")] = 128,
+    num_samples: NumSamples = 128,
+    max_length: MaxLength = 512,
+    batch_size: BatchSize = 8,
+    max_accumulator_gib: Annotated[
+        float | None,
+        typer.Option(
+            help="Cap on the fp32 accumulators held on the device at once; more layers "
+            "mean one more pass over the data each (e.g. 6 for a 7B model on 24 GB)."
+        ),
+    ] = None,
+    prompt_column: PromptColumn = "prompt",
+    response_column: Annotated[
+        str, typer.Option(help="Column holding safe responses.")
+    ] = "response",
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Diagonal Fisher safety importance of the aligned model's weights (for `realignkit irr`)."""
+    from realignkit.calib.fisher import compute_fisher
+    from realignkit.modeling import parse_dtype
+
+    path = compute_fisher(
+        model,
+        harmful,
+        out,
+        mode=mode,
+        modules=_split(modules),
+        generate=generate_responses,
+        num_samples=num_samples,
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        max_accumulator_gib=max_accumulator_gib,
+        prompt_column=prompt_column,
+        response_column=response_column,
+        device=device,
+        dtype=parse_dtype(dtype),
+        seed=seed,
+        overwrite=overwrite,
+    )
+    typer.echo(f"Fisher scores written to {path}")
+
+
+@app.command("irr")
+def irr_cmd(
+    safety_vector: Annotated[Path, typer.Option(help="Folder from `realignkit safety-vector`.")],
+    out: Out,
+    finetuned: Annotated[
+        str | None, typer.Option(help="The fine-tuned model (folder or hub id).")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="The model the fine-tune started from (θ_B).")
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="A PEFT LoRA adapter on --base, instead of --finetuned.")
+    ] = None,
+    fisher: Annotated[
+        Path | None, typer.Option(help="Folder from `realignkit fisher` (needed by --mask fisher).")
+    ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Downstream-task prompts (+ responses) for recalibration.")
+    ] = None,
+    rho: Annotated[
+        float | None,
+        typer.Option(
+            help="R: fraction of sign-conflicting entries removed, in [0, 1] "
+            "(default 0.5; the official --sparsity s is R = 1 - s)."
+        ),
+    ] = None,
+    sparsity: Annotated[
+        float | None, typer.Option(help="The official code's knob: same as --rho 1-s.")
+    ] = None,
+    budget: Annotated[
+        str, typer.Option(help="Rank within each 128-column block, per matrix, or globally.")
+    ] = "block",
+    mask: Annotated[
+        str, typer.Option(help="Score that ranks candidates: fisher, magnitude (|δ|), random.")
+    ] = "fisher",
+    sign: Annotated[
+        bool, typer.Option(help="Only sign-conflicting entries are candidates (--no-sign: all).")
+    ] = True,
+    recalibrate: Annotated[
+        bool, typer.Option(help="OBS recalibration of the retained delta.")
+    ] = True,
+    damping: Annotated[float, typer.Option(help="Damping, a fraction of mean(diag H).")] = 0.01,
+    block_size: Annotated[int, typer.Option(help="Columns per ranking block / OBS batch.")] = 128,
+    refine_steps: Annotated[
+        int,
+        typer.Option(
+            help="Conjugate-gradient steps after the SparseGPT sweep, toward the exact "
+            "least-squares compensation (0: as the paper)."
+        ),
+    ] = 0,
+    modules: Modules = None,
+    num_samples: NumSamples = 128,
+    max_length: MaxLength = 512,
+    batch_size: BatchSize = 8,
+    min_calibration_tokens: Annotated[
+        int | None,
+        typer.Option(help="Refuse fewer calibration tokens (default: widest layer input)."),
+    ] = None,
+    prompt_column: PromptColumn = "prompt",
+    response_column: Annotated[
+        str | None, typer.Option(help="Column of responses (default: 'response' if present).")
+    ] = None,
+    device: Device = None,
+    dtype: Dtype = None,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Also read pickle (.bin) checkpoints (weights_only=True).")
+    ] = False,
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard.")] = "1GB",
+) -> None:
+    """IRR: identify unsafe delta entries, reset them to the base model, recalibrate the rest."""
+    from realignkit.calib.fisher import FisherScores
+    from realignkit.checkpoint import FinetunedWeights
+    from realignkit.errors import RealignError
+    from realignkit.methods.irr import IRRSettings, irr
+    from realignkit.methods.safety_vector import SafetyVector
+    from realignkit.modeling import parse_dtype
+
+    if rho is not None and sparsity is not None:
+        raise RealignError("give --rho or --sparsity, not both")
+    if sparsity is not None:
+        if not 0.0 <= sparsity <= 1.0:
+            raise RealignError(f"--sparsity must be in [0, 1], got {sparsity}")
+        rho = 1.0 - sparsity
+    settings = IRRSettings(
+        rho=0.5 if rho is None else rho,
+        budget=budget,
+        mask=mask,
+        use_sign=sign,
+        recalibrate=recalibrate,
+        damping=damping,
+        block_size=block_size,
+        refine_steps=refine_steps,
+        modules=_split(modules),
+        num_samples=num_samples,
+        max_length=max_length,
+        batch_size=batch_size,
+        min_calibration_tokens=min_calibration_tokens,
+        prompt_column=prompt_column,
+        response_column=response_column,
+        seed=seed,
+        device=device,
+        dtype=parse_dtype(dtype),
+    )
+    settings.check()
+    if base is None:
+        raise RealignError("IRR needs --base, the model the fine-tune started from")
+    fisher_scores = FisherScores(fisher) if fisher is not None else None
+    try:
+        weights = FinetunedWeights(finetuned, base=base, adapter=adapter, allow_pickle=allow_pickle)
+        with weights as ft, SafetyVector(safety_vector) as sv:
+            result = irr(
+                ft,
+                sv,
+                out,
+                fisher=fisher_scores,
+                calibration=calibration,
+                settings=settings,
+                overwrite=overwrite,
+                max_shard_size=max_shard_size,
+            )
+    finally:
+        if fisher_scores is not None:
+            fisher_scores.close()
+    typer.echo(
+        f"IRR model written to {result.path} "
+        f"({result.removed} entries removed in {len(result.layers)} layers)"
+    )

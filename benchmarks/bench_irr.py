@@ -1,0 +1,209 @@
+"""Benchmark IRR's two heavy phases on random weights: Fisher scores and layer-wise recalibration.
+
+Timing does not depend on the weight values, so a randomly initialised model of the right shape
+stands in for a real checkpoint (no download, no disk I/O: this measures compute and memory).
+
+    python benchmarks/bench_irr.py --shape llama2-7b      # on a GPU: the issue's target setting
+    python benchmarks/bench_irr.py                        # --shape small, on the CPU
+
+Phases (each timed, with peak memory):
+  fisher       per-sample (or per-batch) diagonal Fisher of every block linear weight over
+               --fisher-samples harmful samples of --seq-len tokens, response = second half;
+  recalibrate  the whole layer-by-layer pass over --calib-samples samples of --seq-len tokens:
+               capture block inputs, Hessians per input group, identify (sign conflict + top-R
+               per 128-column block on a synthetic delta, safety vector and Fisher), OBS sweep
+               of all seven linears of every block, re-run of the edited block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+import zlib
+from contextlib import contextmanager
+
+import torch
+
+SHAPES = {
+    # Llama-2-7B: 32 blocks, hidden 4096, MLP 11008, 32 heads, vocabulary 32000.
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        vocab_size=2000,
+    ),
+}
+
+
+def build_model(shape: str, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(max_position_embeddings=4096, tie_word_embeddings=False, **SHAPES[shape])
+    torch.manual_seed(0)
+    with device:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def cpu_peak_gib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+@contextmanager
+def phase(name: str, device: torch.device, results: dict):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    entry: dict = {}
+    yield entry
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        entry["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    entry["seconds"] = round(time.perf_counter() - start, 2)
+    entry["peak_cpu_rss_gib_so_far"] = round(cpu_peak_gib(), 2)
+    results[name] = entry
+
+
+def random_examples(count: int, length: int, vocab: int, seed: int):
+    from realignkit.calib.text import Encoded
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (count, length), generator=gen)
+    return [Encoded(ids=row.tolist(), response_start=length // 2) for row in ids]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    parser.add_argument("--dtype", default=None, help="default: bf16 on cuda, fp32 on cpu")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: 512 (7b), 128 (small)")
+    parser.add_argument("--fisher-samples", type=int, default=None, help="default 128 (7b), 16")
+    parser.add_argument("--calib-samples", type=int, default=None, help="default 128 (7b), 32")
+    parser.add_argument("--fisher-mode", default="per-sample", choices=["per-sample", "per-batch"])
+    parser.add_argument("--fisher-modules", default=None, help="e.g. q_proj,v_proj (default all)")
+    parser.add_argument(
+        "--max-accumulator-gib",
+        type=float,
+        default=None,
+        help="Fisher accumulators on the device at once (more passes)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--rho", type=float, default=0.5)
+    parser.add_argument("--refine-steps", type=int, default=0)
+    parser.add_argument("--skip-fisher", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args()
+
+    from realignkit.calib.blocks import decoder_linears, select_modules
+    from realignkit.calib.fisher import diagonal_fisher
+    from realignkit.calib.hessian import edit_blockwise
+    from realignkit.calib.text import make_batches
+    from realignkit.methods.irr import IRRSettings, identify, recalibrate
+    from realignkit.modeling import default_device, default_dtype, parse_dtype
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = parse_dtype(args.dtype) or default_dtype(device)
+    big = args.shape != "small"
+    seq_len = args.seq_len or (512 if big else 128)
+    fisher_samples = args.fisher_samples or (128 if big else 16)
+    calib_samples = args.calib_samples or (128 if big else 32)
+    results: dict = {
+        "shape": args.shape,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "seq_len": seq_len,
+        "fisher_samples": fisher_samples,
+        "calib_samples": calib_samples,
+        "fisher_mode": args.fisher_mode,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+
+    with phase("build random model", device, results):
+        model = build_model(args.shape, device, dtype)
+    vocab = model.config.vocab_size
+
+    if not args.skip_fisher:
+        layers = select_modules(
+            decoder_linears(model), args.fisher_modules.split(",") if args.fisher_modules else None
+        )
+        examples = random_examples(fisher_samples, seq_len, vocab, seed=1)
+        with phase("fisher", device, results) as entry:
+            cap = int(args.max_accumulator_gib * 2**30) if args.max_accumulator_gib else None
+            scores = diagonal_fisher(
+                model,
+                examples,
+                layers,
+                mode=args.fisher_mode,
+                batch_size=args.batch_size,
+                max_accumulator_bytes=cap,
+                progress=False,
+            )
+            entry["weights_scored"] = sum(t.numel() for t in scores.values())
+        del scores
+
+    settings = IRRSettings(rho=args.rho, refine_steps=args.refine_steps)
+    batches = make_batches(
+        random_examples(calib_samples, seq_len, vocab, seed=2), args.batch_size, pad_id=0
+    )
+    kernel_seconds = {"identify": 0.0, "obs": 0.0, "synthetic inputs": 0.0}
+    counts = {"layers": 0, "removed": 0}
+
+    def timed(key: str, fn, *args):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = fn(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        kernel_seconds[key] += time.perf_counter() - start
+        return out
+
+    def edit_block(index, layers, hessians):
+        for layer in layers:
+            weight = layer.to_kernel(layer.module.weight.detach()).float()
+
+            def synthetic(weight=weight, name=layer.name):
+                gen = torch.Generator(device=device).manual_seed(zlib.crc32(name.encode()))
+                make = lambda: torch.randn(weight.shape, generator=gen, device=device)  # noqa: E731
+                return 0.01 * make(), make(), make().abs()
+
+            delta, safety, fisher = timed("synthetic inputs", synthetic)
+            unsafe, _ = timed("identify", identify, delta, safety, fisher, settings)
+            new_delta = timed("obs", recalibrate, delta, unsafe, hessians[layer.name], settings)
+            layer.set_weight(weight - delta + new_delta)
+            counts["layers"] += 1
+            counts["removed"] += int(unsafe.sum())
+
+    with phase("recalibrate (all blocks)", device, results) as entry:
+        edit_blockwise(model, batches, edit_block, device=device, progress=False)
+        entry.update({k + " seconds": round(v, 2) for k, v in kernel_seconds.items()})
+        entry.update(counts)
+    total = results["recalibrate (all blocks)"]["seconds"]
+    total -= kernel_seconds["synthetic inputs"]
+    if "fisher" in results:
+        total += results["fisher"]["seconds"]
+    results["IRR total seconds (fisher + recalibrate, without synthetic inputs)"] = round(total, 2)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Running a model to collect statistics: Fisher scores, layer-input Hessians."""
