@@ -8,16 +8,11 @@ from typing import Annotated
 import typer
 
 from realignkit.cli.app import app
+from realignkit.cli.options import AllowPickle, Device, Out, Overwrite, Seed, ShardSize
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")]
-Overwrite = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
-Device = Annotated[
-    str | None, typer.Option(help="Where the model runs (cuda, cpu...); default: the accelerator.")
-]
 Dtype = Annotated[
     str | None, typer.Option(help="Precision of the model's forward passes (default: bf16 on GPU).")
 ]
-Seed = Annotated[int, typer.Option(help="Seed of data subsampling and random masks.")]
 MaxLength = Annotated[int, typer.Option(help="Tokens per sample at most (longer ones are cut).")]
 NumSamples = Annotated[int, typer.Option(help="Samples drawn from the data file (seeded).")]
 BatchSize = Annotated[int, typer.Option(help="Sequences per forward pass.")]
@@ -164,10 +159,8 @@ def irr_cmd(
     dtype: Dtype = None,
     seed: Seed = 0,
     overwrite: Overwrite = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Also read pickle (.bin) checkpoints (weights_only=True).")
-    ] = False,
-    max_shard_size: Annotated[str, typer.Option(help="Largest output shard.")] = "1GB",
+    allow_pickle: AllowPickle = False,
+    max_shard_size: ShardSize = "1GB",
 ) -> None:
     """IRR: identify unsafe delta entries, reset them to the base model, recalibrate the rest."""
     from realignkit.calib.fisher import FisherScores

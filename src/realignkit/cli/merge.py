@@ -8,16 +8,8 @@ from typing import Annotated
 import typer
 
 from realignkit.cli.app import app
+from realignkit.cli.options import AllowPickle, Out, Overwrite, ShardSize, Workers
 from realignkit.ops.selection import DEFAULT_SCOPE_HELP
-
-Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")]
-Overwrite = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
-AllowPickle = Annotated[
-    bool,
-    typer.Option(help="Also read pickle (.bin) checkpoints, with torch.load(weights_only=True)."),
-]
-ShardSize = Annotated[str, typer.Option(help="Largest output shard, e.g. 1GB or 500MB.")]
-Workers = Annotated[int, typer.Option(help="Threads that read and compute ahead of the writer.")]
 
 
 @app.command("safety-vector")

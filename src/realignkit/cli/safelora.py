@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from realignkit.cli.app import app
+from realignkit.cli.options import AllowPickle, Out, Overwrite, Workers
 
 
 @app.command("safelora")
@@ -18,7 +18,7 @@ def safelora_cmd(
     pretrained: Annotated[
         str, typer.Option(help="The pre-trained base W_P that W_A was aligned from.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")],
+    out: Out,
     adapter: Annotated[
         str | None, typer.Option(help="The PEFT LoRA adapter (trained on --aligned) to project.")
     ] = None,
@@ -39,16 +39,12 @@ def safelora_cmd(
         str | None,
         typer.Option(help="Where the products run (default: cuda if present, else cpu)."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-    allow_pickle: Annotated[
-        bool, typer.Option(help="Also read pickle (.bin) checkpoints (weights_only=True).")
-    ] = False,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
     max_shard_size: Annotated[
         str, typer.Option(help="Largest output shard (--full; adapters are one file).")
     ] = "1GB",
-    workers: Annotated[
-        int, typer.Option(help="Threads that read and compute ahead of the writer.")
-    ] = 2,
+    workers: Workers = 2,
 ) -> None:
     """Safe LoRA: project the least aligned layers' updates onto the alignment subspace.
 

@@ -1,0 +1,21 @@
+"""Options shared by several commands, declared once so their names and help agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
+AllowPickle = Annotated[
+    bool,
+    typer.Option(help="Also read pickle (.bin) checkpoints, with torch.load(weights_only=True)."),
+]
+ShardSize = Annotated[str, typer.Option(help="Largest output shard, e.g. 1GB or 500MB.")]
+Workers = Annotated[int, typer.Option(help="Threads that read and compute ahead of the writer.")]
+Device = Annotated[
+    str | None, typer.Option(help="Where the model runs (cuda, cpu...); default: the accelerator.")
+]
+Seed = Annotated[int, typer.Option(help="Seed of data subsampling and random masks.")]
