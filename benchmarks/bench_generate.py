@@ -19,35 +19,11 @@ import time
 import types
 
 import torch
+from shapes import LLAMA_SHAPES
 
 from realignkit.eval.generate import GenerationSettings, HFGenerator
 
-SHAPES = {
-    "small": dict(
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=8000,
-    ),
-    "1b": dict(
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        vocab_size=32000,
-    ),
-    "llama-7b": dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-    ),
-}
+SHAPES = LLAMA_SHAPES
 
 
 def build_model(shape: str, device: torch.device, dtype: torch.dtype):

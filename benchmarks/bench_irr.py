@@ -3,7 +3,7 @@
 Timing does not depend on the weight values, so a randomly initialised model of the right shape
 stands in for a real checkpoint (no download, no disk I/O: this measures compute and memory).
 
-    python benchmarks/bench_irr.py --shape llama2-7b      # on a GPU: the target setting
+    python benchmarks/bench_irr.py --shape llama-7b      # on a GPU: the target setting
     python benchmarks/bench_irr.py                        # --shape small, on the CPU
 
 Phases (each timed, with peak memory):
@@ -25,26 +25,9 @@ import zlib
 from contextlib import contextmanager
 
 import torch
+from shapes import LLAMA_SHAPES
 
-SHAPES = {
-    # Llama-2-7B: 32 blocks, hidden 4096, MLP 11008, 32 heads, vocabulary 32000.
-    "llama2-7b": dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-    ),
-    "small": dict(
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        vocab_size=2000,
-    ),
-}
+SHAPES = LLAMA_SHAPES
 
 
 def build_model(shape: str, device: torch.device, dtype: torch.dtype):

@@ -30,33 +30,9 @@ import time
 from pathlib import Path
 
 import torch
+from shapes import LLAMA_SHAPES
 
-SHAPES = {
-    "small": dict(
-        hidden_size=512,
-        intermediate_size=1408,
-        num_hidden_layers=8,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        vocab_size=8000,
-    ),
-    "1b": dict(
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        vocab_size=32000,
-    ),
-    "llama-7b": dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-    ),
-}
+SHAPES = LLAMA_SHAPES
 
 
 def make_checkpoint(folder: Path, shape: dict, seed: int, like: Path | None = None) -> None:

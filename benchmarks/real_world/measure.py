@@ -1,0 +1,243 @@
+"""Evaluation of one model: ``realignkit.eval.evaluate`` for safety and GSM8K, plus GSM8K NLL.
+
+A 135M model solves few GSM8K problems, so accuracy alone cannot show what a method costs in
+utility; the mean negative log-likelihood of the reference solutions can. ``realignkit eval``
+has no likelihood metric, so it is computed here, on the model as realignkit loads it to run
+(:func:`realignkit.modeling.load_causal_lm`), with the prompt rendered by the model's chat
+template and the loss on the solution tokens only.
+
+:func:`evaluate_model` has the signature ``realignkit.sweep.run_sweep`` expects of its
+``evaluate_fn``, so the same evaluation serves the sweeps and the stand-alone models. It
+writes ``OUT/summary.json`` (a realignkit report: ``realignkit compare`` reads it) merged from
+two ``evaluate`` calls (``OUT/safety``, ``OUT/utility``: each needs its own answer length),
+with the NLL added as the pseudo-benchmark ``gsm8k_nll``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class EvalPlan:
+    """What every model is asked; these are the keyword arguments of :func:`evaluate_model`."""
+
+    safety: list[str]  # benchmark specs: harmful sets and xstest_safe
+    utility: list[str] = field(default_factory=lambda: ["gsm8k"])
+    safety_limit: int | None = None  # prompts per safety benchmark (fixed-seed subset)
+    gsm8k_limit: int | None = None  # GSM8K test problems answered (accuracy)
+    nll_limit: int | None = None  # GSM8K test solutions scored (NLL)
+    safety_max_new_tokens: int = 256
+    gsm8k_max_new_tokens: int = 256
+    batch_size: int = 16
+    data_dir: str = ""
+    generation_cache: str = ""  # shared by every evaluation of the run (same model: no rework)
+    seed: int = 0
+
+    def key(self) -> str:
+        """A hash of the plan: a report made under another plan is redone."""
+        import hashlib
+
+        text = json.dumps(asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def short_name(spec: str) -> str:
+    """``harmful:/x/catqa_en_heldout.jsonl`` → ``catqa_en_heldout``; built-ins stay as they are."""
+    kind, sep, source = spec.partition(":")
+    return Path(source).stem if sep and kind in ("harmful", "benign", "qa", "gsm8k") else spec
+
+
+def gsm8k_nll(
+    model: PathLike,
+    adapter: PathLike | None,
+    rows: list[dict[str, str]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 512,
+) -> dict[str, Any]:
+    """Mean over problems of the per-token NLL (nats) of each reference solution.
+
+    Each problem is weighted equally (its solution's token-mean loss), so long solutions do
+    not dominate; ``token_mean_nll`` weights every token equally instead.
+    """
+    from realignkit.calib.text import encode_chat, pad_batch, pad_id_of
+    from realignkit.modeling import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(model, adapter=adapter, padding_side="right")
+    lm = load_causal_lm(model, adapter=adapter, merge_adapter=adapter is not None)
+    device = next(lm.parameters()).device
+    encoded = [
+        encode_chat(tokenizer, r["prompt"], r["response"], max_length=max_length) for r in rows
+    ]
+    per_problem: list[float] = []
+    total_loss = total_tokens = 0.0
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(encoded), batch_size), desc="gsm8k nll", leave=False):
+            batch = pad_batch(encoded[start : start + batch_size], pad_id_of(tokenizer))
+            logits = (
+                lm(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                )
+                .logits[:, :-1]
+                .float()
+            )
+            labels = batch["labels"][:, 1:].to(device)
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
+            counts = (labels != -100).sum(dim=1)
+            sums = loss.sum(dim=1)
+            for s, c in zip(sums.tolist(), counts.tolist(), strict=True):
+                if c:
+                    per_problem.append(s / c)
+                    total_loss += s
+                    total_tokens += c
+    del lm
+    mean = sum(per_problem) / len(per_problem) if per_problem else math.nan
+    return {
+        "kind": "nll",
+        "n": len(per_problem),
+        "mean_nll": mean,
+        "token_mean_nll": total_loss / total_tokens if total_tokens else math.nan,
+        "tokens": int(total_tokens),
+    }
+
+
+def _nll_rows(plan: EvalPlan) -> list[dict[str, str]]:
+    from real_world.prepare import gsm8k_rows
+
+    return gsm8k_rows(Path(plan.data_dir) / "gsm8k" / "test.jsonl", plan.nll_limit, plan.seed)
+
+
+def merge_summaries(
+    name: str, model: str, adapter: str | None, parts: list[dict[str, Any]], nll: dict[str, Any]
+) -> dict[str, Any]:
+    """One realignkit-style summary from the partial ones, benchmarks under short names."""
+    from realignkit.eval.scoring import overall_scores
+
+    metrics: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    for part in parts:
+        for spec, values in part["metrics"].items():
+            metrics[short_name(spec)] = values
+        for spec, source in part.get("sources", {}).items():
+            sources[short_name(spec)] = source
+    scores = overall_scores(metrics)
+    metrics["gsm8k_nll"] = nll
+    scores["gsm8k_nll"] = nll["mean_nll"]
+    return {
+        "name": name,
+        "model": model,
+        "adapter": adapter,
+        "fingerprint": parts[0].get("fingerprint"),
+        "judge": parts[0].get("judge"),
+        "backend": parts[0].get("backend"),
+        "settings": {
+            p_name: p.get("settings")
+            for p_name, p in zip(("safety", "utility"), parts, strict=False)
+        },
+        "sources": sources,
+        "metrics": metrics,
+        "scores": scores,
+    }
+
+
+def evaluate_model(
+    model: PathLike,
+    *,
+    adapter: PathLike | None = None,
+    out_dir: PathLike,
+    name: str | None = None,
+    cache_dir: PathLike | None = None,
+    safety: list[str],
+    utility: list[str] | None = None,
+    safety_limit: int | None = None,
+    gsm8k_limit: int | None = None,
+    nll_limit: int | None = None,
+    safety_max_new_tokens: int = 256,
+    gsm8k_max_new_tokens: int = 256,
+    batch_size: int = 16,
+    data_dir: str = "",
+    generation_cache: str = "",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate one model (or aligned model + adapter) under the plan given as keywords.
+
+    A report already in ``out_dir`` under the same plan is returned as it is (resumable).
+    """
+    from realignkit.eval import evaluate
+    from realignkit.eval.report import write_summary
+
+    plan = EvalPlan(
+        safety=list(safety),
+        utility=list(utility or ["gsm8k"]),
+        safety_limit=safety_limit,
+        gsm8k_limit=gsm8k_limit,
+        nll_limit=nll_limit,
+        safety_max_new_tokens=safety_max_new_tokens,
+        gsm8k_max_new_tokens=gsm8k_max_new_tokens,
+        batch_size=batch_size,
+        data_dir=data_dir,
+        generation_cache=generation_cache,
+        seed=seed,
+    )
+    out = Path(out_dir)
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        done = json.loads(summary_path.read_text(encoding="utf-8"))
+        if done.get("plan_key") == plan.key():
+            return done
+    name = name or Path(str(model)).name + (f"+{Path(str(adapter)).name}" if adapter else "")
+    cache = generation_cache or (str(cache_dir) if cache_dir else str(out / "cache"))
+    common = dict(
+        adapter=str(adapter) if adapter else None,
+        cache_dir=cache,
+        seed=seed,
+        data_dir=data_dir or None,
+        batch_size=batch_size,
+        name=name,
+    )
+    parts = [
+        evaluate(
+            str(model),
+            safety=plan.safety,
+            out_dir=out / "safety",
+            limit=safety_limit,
+            max_new_tokens=safety_max_new_tokens,
+            **common,
+        ),
+        evaluate(
+            str(model),
+            utility=plan.utility,
+            out_dir=out / "utility",
+            limit=gsm8k_limit,
+            max_new_tokens=gsm8k_max_new_tokens,
+            **common,
+        ),
+    ]
+    nll = gsm8k_nll(model, adapter, _nll_rows(plan))
+    summary = merge_summaries(name, str(model), str(adapter) if adapter else None, parts, nll)
+    summary["plan_key"] = plan.key()
+    write_summary(out, summary)
+    log.info(
+        "%s: harmfulness %.3f, over-refusal %.3f, GSM8K NLL %.3f",
+        name,
+        summary["scores"]["harmfulness"],
+        summary["scores"]["over_refusal"] or 0.0,
+        nll["mean_nll"],
+    )
+    return summary
