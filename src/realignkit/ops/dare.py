@@ -37,4 +37,6 @@ def dare(delta: torch.Tensor, p: float, seed: int, name: str) -> torch.Tensor:
     if p == 0.0:
         return delta
     keep = dare_keep_mask(delta.shape, p, seed, name)
-    return torch.where(keep, delta / (1.0 - p), torch.zeros((), dtype=delta.dtype))
+    # Divide (not multiply by 1/(1−p)): kept entries are exactly δ/(1−p). Multiplying by the
+    # boolean mask is cheaper than torch.where and zeroes the dropped entries.
+    return (delta / (1.0 - p)).mul_(keep)
