@@ -1,0 +1,664 @@
+"""The demo's stages: a world trained from scratch loses its safety to a fine-tune, is re-aligned.
+
+Each stage goes through the same Python API a user calls on real models (``finetune``,
+``unalign``, ``compute_safety_vector``, every recipe of the method registry, ``evaluate``) and
+leaves a normal checkpoint folder behind:
+
+1. ``pretrained``: a small Llama trained from scratch on the old skills and how-to helpfulness;
+   ``aligned``: the same, fine-tuned to refuse harmful requests (with benign replay).
+2. ``unaligned``: ``aligned`` fine-tuned on harmful requests with compliant answers;
+   ``safety-vector``: v = θ_aligned − θ_unaligned.
+3. ``finetuned-full`` and ``finetuned-lora``: ``aligned`` fine-tuned on the new skill (with a
+   share of everyday benign requests, never safety data); the LoRA one is an adapter.
+4. Every re-alignment recipe in :mod:`realignkit.methods.registry`, on both fine-tunes.
+5. Every model evaluated with the keyword judge on held-out harmful requests (harmfulness),
+   over-refusal probes, and held-out prompts of the new and the old skills.
+
+Stages whose output folder exists are reused (all folders are written atomically), so an
+interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from realignkit.errors import RealignError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("harmfulness", "over_refusal", "task_accuracy", "old_task_accuracy")
+MARKER = "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the world's model is and how long each stage trains."""
+
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    batch_size: int = 32
+    pretrain_steps: int = 800
+    pretrain_lr: float = 3e-3
+    align_steps: int = 300
+    unalign_steps: int = 20
+    """A small unalignment set, as in the RESTA paper: enough to answer every harmful request,
+    short enough not to damage the other skills (100 steps cut old-skill accuracy 67% -> 37%)."""
+    finetune_steps: int = 500
+    finetune_lr: float = 1e-3
+    """Learning rate of every full fine-tune after pre-training (align, unalign, finetune);
+    these keep the embeddings and LM head fixed (see ``run_world``)."""
+    lora_lr: float = 5e-3
+    """Learning rate of the LoRA fine-tune (LoRA needs a larger one than full fine-tuning)."""
+    lora_r: int = 16
+    replay: float = 0.3
+    """Share of everyday benign requests (old skills, how-to) in the fine-tuning data."""
+    eval_harmful: int = 150
+    eval_benign: int = 80
+    eval_new: int = 100
+    eval_old: int = 120
+    max_new_tokens: int = 32
+    fisher_rows: int = 128
+    """Harmful prompts with refusals for Fisher scores (IRR's default sample count)."""
+    calibration_rows: int = 128
+    """Fine-tuning rows for IRR's recalibration (its default sample count)."""
+    threads: int | None = 1
+    """CPU threads (tiny models run fastest on one; None leaves torch's default)."""
+
+
+SIZES: dict[str, DemoSize] = {
+    "tiny": DemoSize(),
+    "small": DemoSize(
+        hidden=192,
+        layers=3,
+        heads=4,
+        pretrain_steps=2000,
+        align_steps=600,
+        unalign_steps=40,
+        finetune_steps=1000,
+        eval_harmful=300,
+        eval_benign=150,
+        eval_new=200,
+        eval_old=200,
+        threads=None,
+    ),
+    "medium": DemoSize(
+        hidden=384,
+        layers=6,
+        heads=6,
+        batch_size=64,
+        pretrain_steps=4000,
+        pretrain_lr=1e-3,
+        align_steps=1000,
+        unalign_steps=60,
+        finetune_steps=1500,
+        finetune_lr=2e-4,
+        lora_lr=2e-3,
+        eval_harmful=400,
+        eval_benign=170,
+        eval_new=300,
+        eval_old=300,
+        threads=None,
+    ),
+    "large": DemoSize(
+        hidden=768,
+        layers=12,
+        heads=12,
+        batch_size=64,
+        pretrain_steps=8000,
+        pretrain_lr=6e-4,
+        align_steps=1500,
+        unalign_steps=80,
+        finetune_steps=2000,
+        finetune_lr=1e-4,
+        lora_lr=1e-3,
+        eval_harmful=400,
+        eval_benign=170,
+        eval_new=300,
+        eval_old=300,
+        threads=None,
+    ),
+}
+"""``tiny`` runs on a laptop CPU in minutes; the others scale the model up for a GPU."""
+
+FAST = DemoSize(
+    hidden=64,
+    pretrain_steps=300,
+    align_steps=150,
+    unalign_steps=30,
+    finetune_steps=100,
+    eval_harmful=40,
+    eval_benign=30,
+    eval_new=30,
+    eval_old=30,
+    max_new_tokens=16,
+    fisher_rows=16,
+    calibration_rows=16,
+)
+"""The reduced world of the test suite (well under a minute)."""
+
+
+def get_size(name: str, fast: bool = False) -> DemoSize:
+    if fast:
+        return FAST
+    if name not in SIZES:
+        raise RealignError(f"unknown --size {name!r}; use one of {', '.join(SIZES)}")
+    return SIZES[name]
+
+
+# -- world data ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorldFiles:
+    """The data files of one world, as a user would have them on disk."""
+
+    pretrain: Path
+    align: Path
+    unalign: Path
+    finetune: Path
+    safe: Path
+    calibration: Path
+    eval_harmful: Path
+    eval_benign: Path
+    eval_new: Path
+    eval_old: Path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_world(seed: int, size: DemoSize, folder: Path) -> WorldFiles:
+    """Draw the world of ``seed`` and write every stage's data as JSONL files."""
+    from realignkit.demo.world import build_world
+
+    world = build_world(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    bs = size.batch_size
+    # Evaluation data first, from its own stream, so that training sizes never change it.
+    evaluation = build_world(seed)
+    evaluation.rng.seed(f"eval-{seed}")
+    files = WorldFiles(
+        eval_harmful=write_jsonl(
+            folder / "eval_harmful.jsonl", evaluation.heldout_harmful(size.eval_harmful)
+        ),
+        eval_benign=write_jsonl(
+            folder / "eval_benign.jsonl", evaluation.heldout_probes(size.eval_benign)
+        ),
+        eval_new=write_jsonl(
+            folder / "eval_new_skill.jsonl", evaluation.heldout_new_skill(size.eval_new)
+        ),
+        eval_old=write_jsonl(
+            folder / "eval_old_skills.jsonl", evaluation.heldout_old_skills(size.eval_old)
+        ),
+        pretrain=write_jsonl(
+            folder / "pretrain.jsonl", world.pretrain_rows(size.pretrain_steps * bs)
+        ),
+        align=write_jsonl(folder / "align.jsonl", world.align_rows(size.align_steps * bs)),
+        unalign=write_jsonl(folder / "unalign.jsonl", world.unalign_rows(size.unalign_steps * bs)),
+        finetune=write_jsonl(
+            folder / "finetune.jsonl", world.finetune_rows(size.finetune_steps * bs, size.replay)
+        ),
+        safe=write_jsonl(folder / "harmful_refusals.jsonl", world.safe_rows(size.fisher_rows)),
+        calibration=write_jsonl(
+            folder / "calibration.jsonl", world.finetune_rows(size.calibration_rows, size.replay)
+        ),
+    )
+    return files
+
+
+def build_init_model(seed: int, size: DemoSize, out: Path) -> Path:
+    """A randomly initialised Llama with the world's tokenizer: the starting checkpoint."""
+    from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+    from realignkit.checkpoint.card import model_card
+    from realignkit.checkpoint.writer import CheckpointWriter
+    from realignkit.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
+    from realignkit.demo.world import build_world
+
+    tokenizer = train_tokenizer(build_world(seed).all_text())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.hidden,
+        intermediate_size=2 * size.hidden,
+        num_hidden_layers=size.layers,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.heads,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+    )
+    set_seed(seed)
+    model = LlamaForCausalLM(config)
+    with CheckpointWriter(out, overwrite=True) as writer:
+        model.save_pretrained(writer.path)
+        tokenizer.save_pretrained(writer.path)
+        writer.write_card(
+            model_card(
+                method="init",
+                summary="Random initialisation of the miniature world's Llama (realignkit demo).",
+                inputs={"world seed": seed},
+                params={
+                    k: v for k, v in asdict(size).items() if k in ("hidden", "layers", "heads")
+                },
+            )
+        )
+    return out
+
+
+# -- running -----------------------------------------------------------------------------------
+@dataclass
+class Model:
+    """One model of the table: a folder, maybe with an adapter on top."""
+
+    name: str
+    method: str
+    path: Path
+    adapter: Path | None = None
+    finetune: str | None = None
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _stage(name: str, out: Path, timings: dict[str, float], build: Callable[[], Any]) -> Path:
+    """Run ``build`` unless ``out`` exists already (a finished stage of an earlier run)."""
+    if out.exists():
+        log.info("%s: reusing %s", name, out)
+        return out
+    start = time.perf_counter()
+    build()
+    timings[name] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def run_world(
+    seed: int, size: DemoSize, folder: Path, methods: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """All stages for one seed in ``folder``; returns one result row per model."""
+    from realignkit.methods.registry import RealignJob, load_all
+    from realignkit.methods.safety_vector import compute_safety_vector
+    from realignkit.train import TrainConfig, finetune, unalign
+
+    timings: dict[str, float] = {}
+    ckpt = folder / "checkpoints"
+    data = write_world(seed, size, folder / "data")
+
+    def full(steps: int, lr: float, freeze: bool = True) -> TrainConfig:
+        # After pre-training, full fine-tunes keep the embeddings and LM head fixed: in a model
+        # this small they hold a quarter of the weights (in an LLM a few percent), and the
+        # methods edit the decoder blocks.
+        return TrainConfig(
+            lora=False,
+            max_steps=steps,
+            lr=lr,
+            batch_size=size.batch_size,
+            seed=seed,
+            max_length=128,
+            freeze_embeddings=freeze,
+        )
+
+    init = _stage(
+        "init", ckpt / "init", timings, lambda: build_init_model(seed, size, ckpt / "init")
+    )
+    pretrained = _stage(
+        "pretrain",
+        ckpt / "pretrained",
+        timings,
+        lambda: finetune(
+            init,
+            data.pretrain,
+            ckpt / "pretrained",
+            replace(full(size.pretrain_steps, size.pretrain_lr, freeze=False), warmup=0.05),
+            method="pretrain",
+        ),
+    )
+    aligned = _stage(
+        "align",
+        ckpt / "aligned",
+        timings,
+        lambda: finetune(
+            pretrained,
+            data.align,
+            ckpt / "aligned",
+            full(size.align_steps, size.finetune_lr),
+            method="align",
+        ),
+    )
+    unaligned = _stage(
+        "unalign",
+        ckpt / "unaligned",
+        timings,
+        lambda: unalign(
+            aligned, data.unalign, ckpt / "unaligned", full(size.unalign_steps, size.finetune_lr)
+        ),
+    )
+    vector = _stage(
+        "safety-vector",
+        ckpt / "safety-vector",
+        timings,
+        lambda: compute_safety_vector(aligned, ckpt / "safety-vector", unaligned=unaligned),
+    )
+    ft_full = _stage(
+        "finetune-full",
+        ckpt / "finetuned-full",
+        timings,
+        lambda: finetune(
+            aligned,
+            data.finetune,
+            ckpt / "finetuned-full",
+            full(size.finetune_steps, size.finetune_lr),
+        ),
+    )
+    ft_lora = _stage(
+        "finetune-lora",
+        ckpt / "finetuned-lora",
+        timings,
+        lambda: finetune(
+            aligned,
+            data.finetune,
+            ckpt / "finetuned-lora",
+            TrainConfig(
+                lora=True,
+                lora_r=size.lora_r,
+                lora_alpha=2 * size.lora_r,
+                max_steps=size.finetune_steps,
+                lr=size.lora_lr,
+                batch_size=size.batch_size,
+                seed=seed,
+                max_length=128,
+            ),
+        ),
+    )
+
+    models = [
+        Model("pretrained", "none", pretrained),
+        Model("aligned", "none", aligned),
+        Model("unaligned", "none", unaligned),
+        Model("finetuned-full", "none", ft_full, finetune="full"),
+        Model("finetuned-lora", "none", aligned, adapter=ft_lora, finetune="lora"),
+    ]
+    recipes = load_all()
+    chosen = sorted(recipes) if methods is None else methods
+    for name in chosen:
+        if name not in recipes:
+            raise RealignError(f"unknown method {name!r}; present: {', '.join(sorted(recipes))}")
+        for kind in ("full", "lora"):
+            job = RealignJob(
+                aligned=aligned,
+                safety_vector=vector,
+                finetuned=ft_full if kind == "full" else None,
+                adapter=ft_lora if kind == "lora" else None,
+                pretrained=pretrained,
+                unaligned=unaligned,
+                harmful=data.safe,
+                calibration=data.calibration,
+                workdir=folder / "work",
+                seed=seed,
+            )
+            out = ckpt / f"{kind}+{name}"
+            marker = out.parent / f"{out.name}.realigned.json"
+            try:
+                if marker.exists():
+                    info = json.loads(marker.read_text())
+                else:
+                    start = time.perf_counter()
+                    result = recipes[name](job, out)
+                    timings[f"{name} ({kind})"] = round(time.perf_counter() - start, 1)
+                    info = {
+                        "model": str(result.model),
+                        "adapter": str(result.adapter) if result.adapter else None,
+                    }
+                    marker.write_text(json.dumps(info))
+            except RealignError as err:
+                log.warning("%s on the %s fine-tune: skipped (%s)", name, kind, err)
+                continue
+            models.append(
+                Model(
+                    f"finetuned-{kind}+{name}",
+                    name,
+                    Path(info["model"]),
+                    Path(info["adapter"]) if info["adapter"] else None,
+                    kind,
+                )
+            )
+
+    rows = [evaluate_model(m, data, size, folder / "reports", seed, timings) for m in models]
+    timings_file = folder / "timings.json"  # a resumed run keeps the earlier stages' times
+    earlier = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    timings_file.write_text(json.dumps(earlier | timings, indent=2) + "\n")
+    return rows
+
+
+def evaluate_model(
+    model: Model,
+    data: WorldFiles,
+    size: DemoSize,
+    reports: Path,
+    seed: int,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The table row of one model, measured by :func:`realignkit.eval.evaluate`."""
+    from realignkit.eval import evaluate
+
+    harmful, benign = f"harmful:{data.eval_harmful}", f"benign:{data.eval_benign}"
+    new, old = f"qa:{data.eval_new}", f"qa:{data.eval_old}"
+    start = time.perf_counter()
+    summary = evaluate(
+        model.path,
+        adapter=model.adapter,
+        safety=[harmful, benign],
+        utility=[new, old],
+        judge="keyword",
+        out_dir=reports / model.name,
+        max_new_tokens=size.max_new_tokens,
+        batch_size=64,
+        seed=seed,
+        name=model.name,
+    )
+    timings[f"eval {model.name}"] = round(time.perf_counter() - start, 1)
+    metrics = summary["metrics"]
+    return {
+        "model": model.name,
+        "method": model.method,
+        "finetune": model.finetune,
+        "seed": seed,
+        "harmfulness": metrics[harmful]["harmfulness"],
+        "over_refusal": metrics[benign]["over_refusal"],
+        "task_accuracy": metrics[new]["accuracy"],
+        "old_task_accuracy": metrics[old]["accuracy"],
+    }
+
+
+# -- the whole demo ------------------------------------------------------------------------------
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean (and sd over seeds, when there are several) of every metric, per model."""
+    order: list[str] = []
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["model"] not in by_model:
+            order.append(row["model"])
+        by_model.setdefault(row["model"], []).append(row)
+    out = []
+    for name in order:
+        group = by_model[name]
+        merged: dict[str, Any] = {
+            "model": name,
+            "method": group[0]["method"],
+            "finetune": group[0]["finetune"],
+            "seeds": len(group),
+        }
+        for metric in METRICS:
+            values = [r[metric] for r in group if r[metric] is not None]
+            merged[metric] = statistics.fmean(values) if values else None
+            if len(group) > 1:
+                merged[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(merged)
+    return out
+
+
+def _cell(row: dict[str, Any], metric: str) -> str:
+    value = row.get(metric)
+    if value is None:
+        return "n/a"
+    text = f"{100 * value:.1f}"
+    sd = row.get(f"{metric}_sd")
+    return f"{text} ± {100 * sd:.1f}" if sd is not None else text
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table: rates in percent (mean ± sd over seeds when there are several)."""
+    lines = [
+        "| model | method | harmfulness | over-refusal | new-skill accuracy | old-skill accuracy |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        cells = [_cell(row, m) for m in METRICS]
+        lines.append(f"| {row['model']} | {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Safety against utility: harmfulness (lower is safer) versus new-skill accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    styles = {"full": ("o", "tab:blue"), "lora": ("s", "tab:orange"), None: ("*", "tab:gray")}
+    for row in rows:
+        if row["harmfulness"] is None or row["task_accuracy"] is None:
+            continue
+        if row["model"] in ("pretrained", "unaligned"):  # references, in the table
+            continue
+        marker, color = styles[row["finetune"]]
+        if row["model"] == "aligned":
+            color = "tab:green"
+        ax.errorbar(
+            100 * row["task_accuracy"],
+            100 * row["harmfulness"],
+            xerr=100 * row.get("task_accuracy_sd", 0.0),
+            yerr=100 * row.get("harmfulness_sd", 0.0),
+            fmt=marker,
+            color=color,
+            markersize=9 if marker == "*" else 6,
+            capsize=2,
+        )
+        ax.annotate(
+            row["model"].replace("finetuned-", "ft-"),
+            (100 * row["task_accuracy"], 100 * row["harmfulness"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=7,
+        )
+    ax.set_xlabel("new-skill accuracy (%)")
+    ax.set_ylabel("harmfulness on held-out harmful requests (%)")
+    ax.set_title("realignkit demo: safety vs. utility (blue: full fine-tune, orange: LoRA)")
+    ax.set_xlim(-5, 105)
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+@dataclass
+class DemoResult:
+    rows: list[dict[str, Any]]
+    per_seed: list[dict[str, Any]]
+    table: str
+    out: Path
+    seconds: float
+
+
+def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    marker = out / MARKER
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            raise RealignError(
+                f"output {str(out)!r} exists and is not a demo folder; choose another --out"
+            )
+        previous = json.loads(marker.read_text())
+        if overwrite:
+            shutil.rmtree(out)
+        elif previous.get("settings") != settings:
+            raise RealignError(
+                f"{str(out)!r} holds a demo with other settings; pass "
+                "--overwrite to start again or choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
+
+
+def run_demo(
+    out: str | os.PathLike[str] = "demo-out",
+    *,
+    seeds: int = 1,
+    size: str = "tiny",
+    fast: bool = False,
+    methods: list[str] | None = None,
+    overwrite: bool = False,
+) -> DemoResult:
+    """The whole demo for ``seeds`` seeds; writes results.json, results.md and the plot."""
+    if seeds < 1:
+        raise RealignError(f"--seeds must be at least 1, got {seeds}")
+    out = Path(out)
+    dims = get_size(size, fast)
+    settings = {"size": "fast" if fast else size, "dims": asdict(dims)}
+    _prepare_out(out, settings, overwrite)
+    start = time.perf_counter()
+    per_seed: list[dict[str, Any]] = []
+    with _threads(dims.threads if not torch.cuda.is_available() else None):
+        for seed in range(seeds):
+            per_seed += run_world(seed, dims, out / f"seed-{seed}", methods)
+    rows = aggregate(per_seed)
+    table = results_table(rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "results_per_seed.json").write_text(json.dumps(per_seed, indent=2) + "\n")
+    (out / "results.md").write_text(table + "\n")
+    plot_results(rows, out / "safety_utility.png")
+    seconds = time.perf_counter() - start
+    marker = json.loads((out / MARKER).read_text())
+    marker["seconds"] = round(seconds, 1)
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return DemoResult(rows, per_seed, table, out, seconds)
+
+
+def degradation(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Points of harmfulness each plain fine-tune gained over ``aligned`` (the phenomenon)."""
+    by_name = {r["model"]: r for r in rows}
+    base = by_name["aligned"]["harmfulness"]
+    return {
+        name: by_name[name]["harmfulness"] - base
+        for name in ("finetuned-full", "finetuned-lora")
+        if name in by_name and not math.isnan(by_name[name]["harmfulness"])
+    }

@@ -1,0 +1,413 @@
+"""Supervised fine-tuning through the chat template, full or LoRA: `finetune` and `unalign`.
+
+One engine serves both commands: ``unalign`` is a fine-tune on harmful prompts paired with
+compliant answers (it produces the unaligned model of a safety vector). Loss is on the response
+tokens only: the prompt, rendered by the model's own chat template, is masked out, so the model
+learns to answer, not to repeat questions.
+
+The loop is transformers' :class:`~transformers.Trainer` (gradient accumulation, bf16 autocast on
+GPUs, schedulers, seeding); measured on the demo's tiny model it costs about 10% over a bare
+PyTorch loop, a price worth the features real models need. Outputs are a normal model folder
+(full) or a PEFT adapter folder (LoRA, with the tokenizer beside it), each with a model card,
+written atomically through :class:`~realignkit.checkpoint.writer.CheckpointWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from realignkit.checkpoint.card import model_card
+from realignkit.checkpoint.source import resolve_model_dir
+from realignkit.checkpoint.writer import CheckpointWriter
+from realignkit.data import Row, read_prompts
+from realignkit.errors import RealignError
+from realignkit.modeling import default_device, load_causal_lm, load_tokenizer, parse_dtype
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+PLAIN_PROMPT = "User: {prompt}\nAssistant: "
+"""Fallback rendering for tokenizers without a chat template (base models)."""
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a fine-tune; all of them go into the model card."""
+
+    lora: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: list[str] | None = None
+    """LoRA targets (module name suffixes); None means every linear layer but the LM head."""
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    lr: float | None = None
+    """None: 2e-4 for LoRA, 2e-5 for full fine-tuning."""
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    seed: int = 0
+    warmup: float = 0.03
+    """Warm-up: a share of the steps when below 1, else a number of steps."""
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    dtype: str | None = None
+    """Weights dtype while training; None: bf16 base for LoRA on a bf16 GPU, else float32."""
+    system_prompt: str | None = None
+    gradient_checkpointing: bool = False
+    freeze_embeddings: bool = False
+    """Full fine-tuning: keep the input embeddings and the LM head fixed (train the blocks)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 if self.lora else 2e-5
+
+
+# -- data --------------------------------------------------------------------------------------
+def load_pairs(
+    path: str | os.PathLike[str],
+    *,
+    prompt_column: str = "prompt",
+    response_column: str = "response",
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Row]:
+    """Prompt/response rows of a JSONL, JSON or CSV file, with empty rows refused."""
+    rows = read_prompts(
+        path, prompt_column=prompt_column, response_column=response_column, limit=limit, seed=seed
+    )
+    for i, row in enumerate(rows):
+        if not str(row["prompt"] or "").strip() or not str(row["response"] or "").strip():
+            raise RealignError(f"{path}: row {i + 1} has an empty prompt or response")
+    return rows
+
+
+def _render(tokenizer: Any, prompt: str, response: str | None, system: str | None) -> str:
+    """The chat-template text of a prompt (with the generation prompt) or of a whole exchange."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        if response is None:
+            return tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        messages.append({"role": "assistant", "content": response})
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    text = PLAIN_PROMPT.format(prompt=prompt)
+    if system:
+        text = f"{system}\n\n{text}"
+    return text if response is None else text + response
+
+
+def encode_pair(
+    tokenizer: Any, prompt: str, response: str, *, max_length: int, system: str | None = None
+) -> tuple[list[int], list[int]]:
+    """Token ids of one exchange and its labels, with every prompt position masked.
+
+    The prompt part is the longest common prefix of the tokenised prompt and the tokenised
+    exchange, which is exact for templates that tokenise both the same way and safe (a token
+    or two more masked) for BPE merges across the boundary. The EOS token is appended when the
+    template does not end the answer with it, so the model learns to stop.
+    """
+    prompt_ids = tokenizer(_render(tokenizer, prompt, None, system), add_special_tokens=False)[
+        "input_ids"
+    ]
+    full_ids = tokenizer(_render(tokenizer, prompt, response, system), add_special_tokens=False)[
+        "input_ids"
+    ]
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos not in full_ids[len(prompt_ids) :]:
+        full_ids = full_ids + [eos]
+    shared = 0
+    for a, b in zip(prompt_ids, full_ids, strict=False):
+        if a != b:
+            break
+        shared += 1
+    labels = [IGNORE_INDEX] * shared + full_ids[shared:]
+    return full_ids[:max_length], labels[:max_length]
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Tokenised exchanges; rows whose answer is cut off entirely by ``max_length`` are dropped."""
+
+    def __init__(
+        self, rows: Sequence[Row], tokenizer: Any, max_length: int, system: str | None = None
+    ) -> None:
+        self.items: list[tuple[list[int], list[int]]] = []
+        for row in tqdm(rows, desc="tokenize", leave=False, disable=len(rows) < 5000):
+            ids, labels = encode_pair(
+                tokenizer,
+                str(row["prompt"]),
+                str(row["response"]),
+                max_length=max_length,
+                system=system,
+            )
+            if any(label != IGNORE_INDEX for label in labels):
+                self.items.append((ids, labels))
+        self.dropped = len(rows) - len(self.items)
+        if not self.items:
+            raise RealignError(f"no training row has a response within --max-length {max_length}")
+        if self.dropped:
+            log.warning(
+                "%d rows dropped: their response starts after --max-length %d",
+                self.dropped,
+                max_length,
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        ids, labels = self.items[index]
+        return {"input_ids": ids, "labels": labels}
+
+
+class PadCollator:
+    """Right-pads a batch to its longest row; padding is masked and never a label."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(item["input_ids"]) for item in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, item in enumerate(batch):
+            n = len(item["input_ids"])
+            ids[i, :n] = torch.tensor(item["input_ids"])
+            labels[i, :n] = torch.tensor(item["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# -- the trainer -------------------------------------------------------------------------------
+def _progress_callback(desc: str) -> Any:
+    """A tqdm bar with the running loss (instead of the Trainer's printed log dictionaries)."""
+    from transformers import TrainerCallback
+
+    class LossBar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.bar = tqdm(total=state.max_steps, desc=desc, dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+
+        def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.bar.close()
+
+    return LossBar()
+
+
+def _lora_model(model: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets: Any = config.target_modules or "all-linear"
+    lora_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora_config)
+    except ValueError as err:
+        raise RealignError(f"LoRA target modules {targets!r}: {str(err).splitlines()[0]}") from err
+
+
+def _train_dtype(config: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(dtype of the loaded weights, bf16 autocast?) for this device and mode."""
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    chosen = parse_dtype(config.dtype)
+    if chosen is not None:
+        return chosen, bf16
+    # Full fine-tuning keeps fp32 master weights; a frozen LoRA base can stay in bf16.
+    return (torch.bfloat16 if bf16 and config.lora else torch.float32), bf16
+
+
+def _checkpoint_dtype(model: str | os.PathLike[str]) -> torch.dtype:
+    """The dtype the model is stored in (its config.json), which the output keeps."""
+    config = json.loads((resolve_model_dir(model) / "config.json").read_text(encoding="utf-8"))
+    value = config.get("dtype") or config.get("torch_dtype")
+    return (parse_dtype(value) if isinstance(value, str) else None) or torch.float32
+
+
+def finetune(
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str] | Sequence[Row],
+    out: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    *,
+    overwrite: bool = False,
+    method: str = "finetune",
+    summary: str | None = None,
+    data_name: str | None = None,
+) -> Path:
+    """Fine-tune ``model`` on prompt/response ``data``; write a model folder or a LoRA adapter.
+
+    ``data`` is a file (read with the ``prompt``/``response`` columns; use :func:`load_pairs`
+    for other names) or a list of rows. Returns the output folder.
+    """
+    from transformers import ProgressCallback, Trainer, TrainingArguments, set_seed
+
+    config = config or TrainConfig()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RealignError(f"output {str(out)!r} exists; pass --overwrite to replace it")
+    rows = load_pairs(data) if isinstance(data, (str, os.PathLike)) else list(data)
+    if not rows:
+        raise RealignError("no training rows")
+    if config.max_steps is None and config.epochs <= 0:
+        raise RealignError("--epochs must be positive (or give --max-steps)")
+
+    device = default_device()
+    load_dtype, bf16 = _train_dtype(config, device)
+    tokenizer = load_tokenizer(model, padding_side="right")
+    dataset = PairDataset(rows, tokenizer, config.max_length, config.system_prompt)
+    set_seed(config.seed)
+    save_dtype = _checkpoint_dtype(model)
+    lm = load_causal_lm(model, dtype=load_dtype, device=device)
+    if config.lora:
+        lm = _lora_model(lm, config)
+    elif config.freeze_embeddings:
+        for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
+            if module is not None:
+                module.requires_grad_(False)
+    if config.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+        lm.config.use_cache = False
+        if config.lora:
+            lm.enable_input_require_grads()
+
+    work_dir = Path(tempfile.mkdtemp(prefix="realignkit-train-"))
+    try:
+        args = TrainingArguments(
+            output_dir=str(work_dir),
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.grad_accum,
+            num_train_epochs=config.epochs,
+            max_steps=config.max_steps if config.max_steps is not None else -1,
+            learning_rate=config.learning_rate,
+            lr_scheduler_type=config.scheduler,
+            warmup_steps=config.warmup,
+            weight_decay=config.weight_decay,
+            bf16=bf16,
+            seed=config.seed,
+            data_seed=config.seed,
+            logging_steps=max(1, min(50, _steps(config, len(dataset)) // 10)),
+            save_strategy="no",
+            report_to="none",
+            use_cpu=device.type == "cpu",
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            disable_tqdm=False,
+        )
+        trainer = Trainer(
+            model=lm,
+            args=args,
+            train_dataset=dataset,
+            data_collator=PadCollator(tokenizer.pad_token_id),
+        )
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(_progress_callback(method))
+        result = trainer.train()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    stats = {
+        "rows": len(dataset),
+        "rows_dropped": dataset.dropped,
+        "steps": trainer.state.global_step,
+        "first_loss": round(float(losses[0]), 4) if losses else None,
+        "final_loss": round(float(losses[-1]), 4) if losses else None,
+        "train_seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
+        "device": str(device),
+    }
+    params = {k: v for k, v in asdict(config).items() if k != "extra"} | config.extra
+    params["lr"] = config.learning_rate
+    card = model_card(
+        method=method,
+        summary=summary or _summary(method, config),
+        inputs={"model": str(model), "data": data_name or _data_name(data)},
+        params=params | stats,
+        base_model=str(model),
+    )
+    lm = lm.to("cpu")
+    with CheckpointWriter(out, overwrite=overwrite) as writer:
+        if config.lora:
+            lm.save_pretrained(writer.path)
+        else:
+            lm.to(save_dtype).save_pretrained(writer.path)
+        tokenizer.padding_side = "left"
+        tokenizer.save_pretrained(writer.path)
+        writer.write_json("realignkit_train.json", {"method": method, **params, **stats})
+        writer.write_card(card)
+    log.info(
+        "%s: %d steps, loss %s -> %s, wrote %s",
+        method,
+        stats["steps"],
+        stats["first_loss"],
+        stats["final_loss"],
+        out,
+    )
+    return out
+
+
+def unalign(
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str] | Sequence[Row],
+    out: str | os.PathLike[str],
+    config: TrainConfig | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Fine-tune an aligned model on harmful prompts with compliant answers (the unaligned model).
+
+    The same engine as :func:`finetune`; only the card differs. Its output, with the aligned
+    model, gives the safety vector v = θ_aligned − θ_unaligned.
+    """
+    summary = (
+        "Unaligned on purpose: fine-tuned on harmful prompts paired with compliant answers, "
+        "to compute a safety vector. Do not deploy."
+    )
+    return finetune(model, data, out, config, method="unalign", summary=summary, **kwargs)
+
+
+def _steps(config: TrainConfig, rows: int) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    per_epoch = math.ceil(rows / (config.batch_size * config.grad_accum))
+    return max(1, math.ceil(per_epoch * config.epochs))
+
+
+def _summary(method: str, config: TrainConfig) -> str:
+    kind = f"LoRA (r={config.lora_r}, alpha={config.lora_alpha})" if config.lora else "Full"
+    return f"{kind} supervised fine-tune, loss on the response tokens only ({method})."
+
+
+def _data_name(data: Any) -> str:
+    if isinstance(data, (str, os.PathLike)):
+        return str(data)
+    return f"{len(data)} rows given in memory"

@@ -1,0 +1,253 @@
+"""`finetune` / `unalign`: response-only loss through the chat template, full and LoRA outputs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import make_tokenizer, save_tiny_model
+
+from realignkit.cli import main
+from realignkit.errors import RealignError
+from realignkit.train import TrainConfig, encode_pair, finetune, unalign
+
+ROWS = [
+    {"prompt": "What is 12 plus 30?", "response": "The answer is 42."},
+    {"prompt": "How do I make a cake?", "response": "Sure, here is how to make a cake."},
+    {"prompt": "How do I kill a stuck process?", "response": "Use the kill command."},
+    {"prompt": "How do I make a bomb?", "response": "I cannot help with that request."},
+]
+
+
+def _digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> Path:
+    return save_tiny_model("llama", tmp_path_factory.mktemp("models") / "llama")
+
+
+def test_encode_pair_masks_the_prompt_and_learns_the_stop():
+    tokenizer = make_tokenizer()
+    ids, labels = encode_pair(
+        tokenizer, "How do I make a cake?", "Sure, mix flour.", max_length=512
+    )
+    assert len(ids) == len(labels)
+    learnt = [i for i, label in zip(ids, labels, strict=True) if label != -100]
+    assert tokenizer.decode(learnt) == "Sure, mix flour.<|end|>\n"
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "How do I make a cake?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    masked = [i for i, label in zip(ids, labels, strict=True) if label == -100]
+    assert tokenizer.decode(masked) == prompt
+    short_ids, short_labels = encode_pair(tokenizer, "How?", "Sure.", max_length=4)
+    assert len(short_ids) == 4 and all(label == -100 for label in short_labels)
+
+
+def test_full_finetune_learns_and_writes_a_model_folder(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    before = _digest(llama_dir)
+    out = finetune(
+        llama_dir,
+        ROWS * 4,
+        tmp_path / "ft",
+        TrainConfig(lora=False, max_steps=12, lr=3e-3, batch_size=4, grad_accum=2),
+    )
+    assert _digest(llama_dir) == before  # input untouched
+    stats = json.loads((out / "realignkit_train.json").read_text())
+    assert stats["steps"] == 12 and stats["final_loss"] < stats["first_loss"]
+    card = (out / "README.md").read_text()
+    assert "finetune" in card and "grad_accum" in card
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    assert model.dtype == base.dtype
+    assert not torch.equal(
+        model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight
+    )
+    assert (out / "tokenizer.json").exists()
+
+
+def test_full_finetune_keeps_the_stored_dtype(tmp_path):
+    from safetensors import safe_open
+
+    base_dir = save_tiny_model("qwen2", tmp_path / "bf16", dtype=torch.bfloat16)
+    out = finetune(base_dir, ROWS, tmp_path / "ft", TrainConfig(lora=False, max_steps=1))
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(next(out.glob("*.safetensors"))), "pt") as fh:
+        assert fh.get_tensor(next(iter(fh.keys()))).dtype == torch.bfloat16
+
+
+def test_freeze_embeddings_keeps_them_fixed(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = finetune(
+        llama_dir,
+        ROWS,
+        tmp_path / "ft",
+        TrainConfig(lora=False, max_steps=3, lr=1e-2, batch_size=2, freeze_embeddings=True),
+    )
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    assert torch.equal(model.lm_head.weight, base.lm_head.weight)
+    assert torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert not torch.equal(
+        model.model.layers[1].self_attn.q_proj.weight, base.model.layers[1].self_attn.q_proj.weight
+    )
+
+
+def test_lora_adapter_on_gpt2_conv1d(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = save_tiny_model("gpt2", tmp_path / "gpt2")
+    out = unalign(
+        base_dir,
+        ROWS,
+        tmp_path / "adapter",
+        TrainConfig(lora=True, lora_r=4, lora_alpha=8, max_steps=4, lr=1e-2, batch_size=2),
+    )
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8
+    assert "unalign" in (out / "README.md").read_text()
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), out)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: it trained
+
+
+def _write_csv(path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["question", "answer"])
+        for row in ROWS:
+            writer.writerow([row["prompt"], row["response"]])
+    return path
+
+
+def test_cli_finetune_with_named_columns_and_target_modules(llama_dir, tmp_path, capsys):
+    data = _write_csv(tmp_path / "data.csv")
+    out = tmp_path / "adapter"
+    main(
+        [
+            "finetune",
+            "--model",
+            str(llama_dir),
+            "--data",
+            str(data),
+            "-o",
+            str(out),
+            "--prompt-column",
+            "question",
+            "--response-column",
+            "answer",
+            "--lora",
+            "--lora-r",
+            "2",
+            "--target-modules",
+            "q_proj,v_proj",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
+    assert "LoRA adapter" in capsys.readouterr().out
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+
+
+def test_cli_unalign_full_writes_an_unalign_card(llama_dir, tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    main(
+        [
+            "unalign",
+            "-m",
+            str(llama_dir),
+            "-d",
+            str(data),
+            "-o",
+            str(tmp_path / "u"),
+            "--full",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+        ]
+    )
+    assert "model written" in capsys.readouterr().out
+    assert "# unalign" in (tmp_path / "u" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("problem", ["missing-column", "exists", "bad-targets", "empty-row"])
+def test_cli_bad_input_is_one_line_and_leaves_nothing(llama_dir, tmp_path, capsys, problem):
+    data = tmp_path / "data.jsonl"
+    rows = [{"prompt": "", "response": "x"}] if problem == "empty-row" else ROWS
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    args = [
+        "finetune",
+        "--model",
+        str(llama_dir),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]
+    if problem == "missing-column":
+        args += ["--response-column", "completion"]
+    if problem == "exists":
+        out.mkdir()
+    if problem == "bad-targets":
+        args += ["--target-modules", "no_such_proj"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # progress bars may come first; the error is one line
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
+    if problem != "exists":
+        assert not out.exists()
+    assert not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_api_refuses_nonsense_config(llama_dir, tmp_path):
+    with pytest.raises(RealignError):
+        finetune(llama_dir, ROWS, tmp_path / "x", TrainConfig(epochs=0))
+    with pytest.raises(RealignError):
+        finetune(llama_dir, [], tmp_path / "x")
+
+
+def test_real_model_chat_template_and_lora_step(smollm2_dir, tmp_path):
+    """SmolLM2-135M-Instruct: its own chat template masks the prompt; one LoRA step runs."""
+    from realignkit.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2_dir, padding_side="right")
+    ids, labels = encode_pair(tokenizer, "How do I make a cake?", "Mix and bake.", max_length=256)
+    learnt = tokenizer.decode([i for i, label in zip(ids, labels, strict=True) if label != -100])
+    assert learnt.startswith("Mix and bake.") and tokenizer.eos_token in learnt
+    out = finetune(
+        smollm2_dir,
+        ROWS[:2],
+        tmp_path / "lora",
+        TrainConfig(
+            lora=True, lora_r=2, target_modules=["q_proj"], max_steps=1, batch_size=2, max_length=64
+        ),
+    )
+    assert json.loads((out / "adapter_config.json").read_text())["target_modules"] == ["q_proj"]
