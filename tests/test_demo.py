@@ -93,3 +93,17 @@ def test_seeds_aggregate_to_mean_and_sd():
     assert merged["harmfulness_sd"] == pytest.approx(0.2)
     assert merged["old_task_accuracy"] is None and merged["seeds"] == 3
     assert "40.0 ± 20.0" in results_table([merged])
+
+
+def test_demo_sweep_config_runs_on_the_world(demo_out):
+    """`demo --sweep` hands the world to `realignkit sweep`: its config is valid and runs."""
+    from realignkit.demo.pipeline import get_size, sweep_config
+    from realignkit.sweep import run_sweep
+
+    config = sweep_config(demo_out / "seed-0", "lora", get_size("tiny", fast=True))
+    assert set(config["methods"]) == set(load_all())  # every method has a grid
+    config["methods"] = {"resta": {"gamma": [0.5]}}  # one variant keeps the test short
+    result = run_sweep(config, demo_out / "sweep-lora")
+    ids = {row["id"] for row in result.rows}
+    assert {"baseline-finetuned", "baseline-aligned", "resta-gamma=0.5"} <= ids
+    assert result.plot is not None and result.plot.exists()

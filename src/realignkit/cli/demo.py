@@ -28,13 +28,19 @@ def demo_command(
         str | None, Opt(help="Comma-separated re-alignment methods [default: all in the package].")
     ] = None,
     overwrite: Annotated[bool, Opt(help="Start again in an existing demo folder.")] = False,
+    sweep: Annotated[
+        bool,
+        Opt(help="Also sweep every method's strength on seed 0 (`realignkit sweep`, Pareto plot)."),
+    ] = False,
 ) -> None:
     """Train a small chat model from scratch, align it, fine-tune it (its refusals are lost),
     re-align it with every method in the package, and evaluate every model."""
     from realignkit.demo.pipeline import degradation, run_demo
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    result = run_demo(out, seeds=seeds, size=size, fast=fast, methods=chosen, overwrite=overwrite)
+    result = run_demo(
+        out, seeds=seeds, size=size, fast=fast, methods=chosen, overwrite=overwrite, sweep=sweep
+    )
     typer.echo(result.table)
     gains = ", ".join(
         f"{name} +{100 * gain:.1f} points" for name, gain in degradation(result.rows).items()
@@ -44,3 +50,6 @@ def demo_command(
         f"written: {result.out / 'results.json'}, {result.out / 'results.md'}, "
         f"{result.out / 'safety_utility.png'} ({result.seconds:.0f} s)"
     )
+    if sweep:
+        sweeps = [result.out / f"sweep-{kind}" / "sweep.md" for kind in ("full", "lora")]
+        typer.echo(f"sweeps: {sweeps[0]}, {sweeps[1]}")

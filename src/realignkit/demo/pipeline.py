@@ -619,6 +619,48 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     marker.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
 
 
+SWEEP_GRIDS: dict[str, dict[str, Any]] = {
+    "resta": {"gamma": [0.25, 0.5, 1.0, 1.5]},
+    "resta+dare": {"gamma": 0.5, "dare_p": [0.1, 0.3, 0.5]},
+    "irr": {"rho": [0.3, 0.5, 1.0]},
+    "safelora": {"threshold": [0.3, 0.5, 0.7]},
+}
+
+
+def sweep_config(world: Path, kind: str, size: DemoSize) -> dict[str, Any]:
+    """A `realignkit sweep` config over one seed's world (``kind``: the full or LoRA fine-tune),
+    with every registered method that has a grid in :data:`SWEEP_GRIDS`."""
+    from realignkit.methods.registry import load_all
+
+    ckpt, data = world / "checkpoints", world / "data"
+    models = {
+        "aligned": ckpt / "aligned",
+        "pretrained": ckpt / "pretrained",
+        "safety_vector": ckpt / "safety-vector",
+        ("finetuned" if kind == "full" else "adapter"): ckpt / f"finetuned-{kind}",
+    }
+    recipes = load_all()
+    return {
+        "models": {k: str(v) for k, v in models.items()},
+        "data": {
+            "harmful": str(data / "harmful_refusals.jsonl"),
+            "calibration": str(data / "calibration.jsonl"),
+        },
+        "methods": {name: grid for name, grid in SWEEP_GRIDS.items() if name in recipes},
+        "eval": {
+            "safety": [
+                f"harmful:{data / 'eval_harmful.jsonl'}",
+                f"benign:{data / 'eval_benign.jsonl'}",
+            ],
+            "utility": [f"qa:{data / 'eval_new_skill.jsonl'}"],
+            "judge": "keyword",
+            "max_new_tokens": size.max_new_tokens,
+            "batch_size": 64,
+        },
+        "seed": 0,
+    }
+
+
 def run_demo(
     out: str | os.PathLike[str] = "demo-out",
     *,
@@ -627,6 +669,7 @@ def run_demo(
     fast: bool = False,
     methods: list[str] | None = None,
     overwrite: bool = False,
+    sweep: bool = False,
 ) -> DemoResult:
     """The whole demo for ``seeds`` seeds; writes results.json, results.md and the plot."""
     if seeds < 1:
@@ -646,6 +689,12 @@ def run_demo(
     (out / "results_per_seed.json").write_text(json.dumps(per_seed, indent=2) + "\n")
     (out / "results.md").write_text(table + "\n")
     plot_results(rows, out / "safety_utility.png")
+    if sweep:  # the safety-utility trade-off of every method's strength, on seed 0's world
+        from realignkit.sweep import run_sweep
+
+        with _threads(dims.threads if not torch.cuda.is_available() else None):
+            for kind in ("full", "lora"):
+                run_sweep(sweep_config(out / "seed-0", kind, dims), out / f"sweep-{kind}")
     seconds = time.perf_counter() - start
     marker = json.loads((out / MARKER).read_text())
     marker["seconds"] = round(seconds, 1)
