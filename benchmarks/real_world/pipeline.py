@@ -59,6 +59,7 @@ class TrainSpec:
     lr: float | None = None  # None: realignkit's default (2e-5 full, 2e-4 LoRA)
     max_length: int = 512
     lora: bool = False
+    warmup: float = 0.1  # share of the steps (below 1) or a number of steps
 
     def config(self, seed: int) -> Any:
         from realignkit.train import TrainConfig
@@ -71,7 +72,7 @@ class TrainSpec:
             batch_size=self.batch_size,
             max_length=self.max_length,
             seed=seed,
-            warmup=0.1,
+            warmup=self.warmup,
         )
 
 
@@ -82,8 +83,8 @@ class Settings:
     preset: str
     seed: int = 0
     # data
-    align_harmful: int = 400
-    align_benign: int | None = None  # None: every benign prompt we wrote
+    align_harmful: int = 160  # about as many as the benign prompts: no lean toward refusing
+    align_benign: int | None = None  # None: every benign prompt we wrote (144)
     unalign_harmful: int = 200
     gsm8k_train: int | None = None  # None: the whole GSM8K training set
     distill_max_new_tokens: int = 256
@@ -118,7 +119,7 @@ class Settings:
     nll_limit: int | None = 500
     safety_max_new_tokens: int = 128
     gsm8k_max_new_tokens: int = 256
-    eval_batch_size: int = 64
+    eval_batch_size: int = 128
     eval_unaligned: bool = True
 
 
@@ -438,7 +439,7 @@ class Run:
                 "calibration": str(self.paths.data("gsm8k_train.jsonl")),
             },
             "methods": methods,
-            "baselines": ["finetuned", "aligned"],
+            "baselines": ["finetuned"],  # the aligned model is evaluated once, as a reference
             "eval": asdict(self.eval_plan()),
             "seed": self.settings.seed,
         }

@@ -33,8 +33,15 @@ def hardware() -> str:
     cores = os.cpu_count()
     return (
         f"CPU only, {cores} cores ({platform.processor() or platform.machine()}), "
-        f"torch {torch.__version__}"
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     )
+
+
+def command() -> str:
+    """How this process was started (``python`` API callers get a note instead)."""
+    if sys.argv and sys.argv[0].endswith("run.py"):
+        return " ".join(["python", *sys.argv])
+    return "the Python API (real_world.pipeline.Run)"
 
 
 def _row(
@@ -116,6 +123,10 @@ def collect(run: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _short_setting(setting: str) -> str:
+    return setting.replace("gamma", "γ").replace("dare_p", "p").replace("threshold", "t")
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f}"
 
@@ -160,6 +171,10 @@ def plot(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
         (axes[0], "gsm8k_nll", "GSM8K reference-answer NLL (nats/token) ← better"),
         (axes[1], "over_refusal", "XSTest safe prompts refused ← better"),
     ):
+        xs = [r[x_key] for r in points if r[x_key] is not None]
+        x_step = max(max(xs) - min(xs), 1e-9) / 25  # points closer than this share a label
+        labels: dict[tuple[int, int], list[str]] = {}
+        anchors: dict[tuple[int, int], tuple[float, float]] = {}
         for r in points:
             if r[x_key] is None:
                 continue
@@ -173,13 +188,23 @@ def plot(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
                 facecolors=None if r["paper_setting"] or reference else "none",
                 zorder=3,
             )
-            label = r["model"] + (f" ({r['setting']})" if r["setting"] else "")
+            # Models at the same point share one label, one name per line.
+            spot = (round(r[x_key] / x_step), round(r["harmfulness"] * 25))
+            name = r["model"] + (f" ({_short_setting(r['setting'])})" if r["setting"] else "")
+            labels.setdefault(spot, []).append(name)
+            anchors.setdefault(spot, (r[x_key], r["harmfulness"]))
+        level: dict[tuple[int, int], int] = {}  # labels close together are stacked
+        for spot, names in labels.items():
+            zone = (spot[0] // 6, spot[1])
+            shift = level.get(zone, 0)
+            level[zone] = shift + len(names)
             ax.annotate(
-                label,
-                (r[x_key], r["harmfulness"]),
+                "\n".join(names),
+                anchors[spot],
                 textcoords="offset points",
-                xytext=(4, 3),
-                fontsize=6.5,
+                xytext=(4, 3 + 8 * shift),
+                fontsize=6,
+                va="bottom",
             )
         ax.set_xlabel(x_label)
         ax.set_ylabel("harmfulness: share of harmful prompts answered ↓")
@@ -211,7 +236,7 @@ def write_report(run: Any) -> Path:
     lines = [
         f"# SmolLM2-135M-Instruct real-world run ({s.preset})",
         "",
-        f"- command: `{' '.join(sys.argv) if sys.argv and sys.argv[0] else 'python API'}`",
+        f"- command: `{command()}`",
         f"- hardware: {hardware()}",
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- wall time of the stages run (s): {json.dumps(timings)}; "
