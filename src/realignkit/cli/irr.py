@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from realignkit.cli.app import app
-from realignkit.cli.options import AllowPickle, Device, Out, Overwrite, Seed, ShardSize
+from realignkit.cli.options import (
+    Adapter,
+    AllowPickle,
+    Device,
+    Finetuned,
+    Out,
+    Overwrite,
+    SafetyVectorDir,
+    Seed,
+    ShardSize,
+)
 
 Dtype = Annotated[
     str | None, typer.Option(help="Precision of the model's forward passes (default: bf16 on GPU).")
@@ -95,17 +105,13 @@ def fisher_cmd(
 
 @app.command("irr")
 def irr_cmd(
-    safety_vector: Annotated[Path, typer.Option(help="Folder from `realignkit safety-vector`.")],
+    safety_vector: SafetyVectorDir,
     out: Out,
-    finetuned: Annotated[
-        str | None, typer.Option(help="The fine-tuned model (folder or hub id).")
-    ] = None,
+    finetuned: Finetuned = None,
     base: Annotated[
         str | None, typer.Option(help="The model the fine-tune started from (θ_B).")
     ] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="A PEFT LoRA adapter on --base, instead of --finetuned.")
-    ] = None,
+    adapter: Adapter = None,
     fisher: Annotated[
         Path | None, typer.Option(help="Folder from `realignkit fisher` (needed by --mask fisher).")
     ] = None,

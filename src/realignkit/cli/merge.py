@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from realignkit.cli.app import app
-from realignkit.cli.options import AllowPickle, Out, Overwrite, ShardSize, Workers
+from realignkit.cli.options import (
+    Adapter,
+    AllowPickle,
+    Finetuned,
+    Out,
+    Overwrite,
+    SafetyVectorDir,
+    ShardSize,
+    Workers,
+)
 from realignkit.ops.selection import DEFAULT_SCOPE_HELP
 
 
@@ -57,18 +65,14 @@ def safety_vector_cmd(
     ),
 )
 def resta_cmd(
-    safety_vector: Annotated[Path, typer.Option(help="Folder from `realignkit safety-vector`.")],
+    safety_vector: SafetyVectorDir,
     out: Out,
-    finetuned: Annotated[
-        str | None, typer.Option(help="The fine-tuned model (folder or hub id).")
-    ] = None,
+    finetuned: Finetuned = None,
     base: Annotated[
         str | None,
         typer.Option(help="The model the fine-tune started from (needed by --dare and --adapter)."),
     ] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="A PEFT LoRA adapter on --base, instead of --finetuned.")
-    ] = None,
+    adapter: Adapter = None,
     gamma: Annotated[float, typer.Option(help="Weight γ of the safety vector.")] = 0.5,
     dare: Annotated[
         float | None,

@@ -19,3 +19,8 @@ Device = Annotated[
     str | None, typer.Option(help="Where the model runs (cuda, cpu...); default: the accelerator.")
 ]
 Seed = Annotated[int, typer.Option(help="Seed of data subsampling and random masks.")]
+SafetyVectorDir = Annotated[Path, typer.Option(help="Folder from `realignkit safety-vector`.")]
+Finetuned = Annotated[str | None, typer.Option(help="The fine-tuned model (folder or hub id).")]
+Adapter = Annotated[
+    str | None, typer.Option(help="A PEFT LoRA adapter on --base, instead of --finetuned.")
+]
