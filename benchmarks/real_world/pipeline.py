@@ -25,7 +25,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,15 +155,6 @@ def small_settings() -> Settings:
 
 
 PRESETS: dict[str, Callable[[], Settings]] = {"gpu": gpu_settings, "small": small_settings}
-
-
-def settings_from_dict(data: dict[str, Any]) -> Settings:
-    """The inverse of ``asdict`` (for settings.json)."""
-    data = dict(data)
-    for key in ("align", "unalign", "finetune_full", "finetune_lora"):
-        data[key] = TrainSpec(**data[key])
-    data["finetunes"] = tuple(data["finetunes"])
-    return Settings(**data)
 
 
 # --- paths --------------------------------------------------------------------------------------
@@ -446,7 +437,7 @@ class Run:
 
     def sweeps(self) -> None:
         from realignkit.methods.registry import load_all
-        from realignkit.sweep import load_results, parse_config, run_sweep
+        from realignkit.sweep import parse_config, run_sweep
 
         available = load_all()
         for kind in self.settings.finetunes:
@@ -457,7 +448,7 @@ class Run:
                 del config["methods"][method]
             folder = self.paths.sweep(kind)
             _write_json(folder / "config.json", config)
-            done = _sweep_done(folder, config, load_results)
+            done = _sweep_done(folder, config)
 
             def work(config: dict[str, Any] = config, folder: Path = folder) -> None:
                 run_sweep(parse_config(config), folder, evaluate_fn=evaluate_model)
@@ -485,15 +476,10 @@ def _report_done(report: Path, plan: dict[str, Any]) -> bool:
     return path.is_file() and _read_json(path).get("plan_key") == EvalPlan(**plan).key()
 
 
-def _sweep_done(folder: Path, config: dict[str, Any], load_results: Callable) -> bool:
+def _sweep_done(folder: Path, config: dict[str, Any]) -> bool:
     """Every variant of the config has a result under the current key."""
-    from realignkit.sweep import expand_variants, parse_config
+    from realignkit.sweep import expand_variants, load_results, parse_config
 
     results = load_results(folder / "results.jsonl")
     variants = expand_variants(parse_config(config))
     return all(results.get(v.id, {}).get("key") == v.key for v in variants)
-
-
-def with_overrides(settings: Settings, **changes: Any) -> Settings:
-    """A copy of ``settings`` with some fields replaced (tests use it for tiny runs)."""
-    return replace(settings, **changes)

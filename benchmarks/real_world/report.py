@@ -238,7 +238,7 @@ def write_report(run: Any) -> Path:
         "",
         f"- command: `{command()}`",
         f"- hardware: {hardware()}",
-        f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- report written: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- wall time of the stages run (s): {json.dumps(timings)}; "
         f"sum {sum(timings.values()):.0f} s",
         f"- prompts per safety set: {s.safety_limit}, GSM8K answered: {s.gsm8k_limit}, "
