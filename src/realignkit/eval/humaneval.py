@@ -1,182 +1,331 @@
-"""HumanEval: assemble programs from completions and run their tests in a sandbox.
+"""HumanEval: assemble programs from completions and grade them in an OS-level sandbox.
 
-Every program runs in its own Python process that
+A program is graded by two processes inside one sandbox (:mod:`realignkit.eval.sandbox`):
 
-* starts in a fresh temporary folder (its cwd and HOME), with a minimal environment,
-* has limits on address space (``memory_mb``), CPU seconds, written file size and open
-  files, set with ``resource.setrlimit`` inside the child before any generated code runs,
-* is killed with its whole process group after ``timeout`` seconds of wall time,
-* has no network: it runs in a new network namespace (``unshare --net``) where that works,
-  and in every case finds ``socket``, ``subprocess``, ``os.system``, ``os.kill``, file
-  deletion and the like replaced by functions that raise,
-* reports success only by printing a per-run random token after the tests passed, so
-  ``sys.exit(0)`` or ``os._exit(0)`` in a completion counts as a failure.
+* the *solution* process runs the prompt and the completion, and then only answers calls:
+  it receives pickled arguments, calls the entry point, sends back the pickled result;
+* the *test* process (its parent, forked before either reads anything) runs the dataset's
+  own test code with ``candidate`` standing for a proxy that makes those calls. Results are
+  unpickled by an unpickler that builds only plain data (numbers, strings, bytes, lists,
+  tuples, dicts, sets), so every comparison runs on values the test process made itself.
 
-This is protection against accidents and sloppy code, not a security boundary against an
-adversary (``ctypes`` can undo any of it): run untrusted models in a container.
+The test code, the expected values and the means of reporting exist only in the test
+process. The solution process never holds them: it forks first, closes the test and report
+descriptors, and cannot reach its parent's memory or descriptors (no ``/proc``; seccomp
+refuses ``ptrace``, ``process_vm_readv`` and ``pidfd_getfd``). A pass is the test process
+writing, after ``check`` returned, a per-run secret that the evaluator compares; any other
+ending (the solution crashing, exiting, killing its parent, hanging) is a failure.
+
+Without the sandbox (``allow_unsafe=True``, the CLI's ``--unsafe-code-execution``) the same
+two processes run as plain children of the evaluator with rlimits only: a completion can
+then read and write the user's files, use the network and outlive the run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from tqdm.auto import tqdm
 
-# Runs first in the child: limits, then the guard, then the program from stdin.
-_RUNNER = r"""
-import os, resource, sys
-_exit, _write, _flush = os._exit, sys.stdout.write, sys.stdout.flush
-def _limit(kind, value):
+from realignkit.errors import RealignError
+from realignkit.eval import sandbox
+
+ISOLATED = "bubblewrap"  # namespaces + seccomp + per-sandbox limits
+UNSAFE = "none"  # --unsafe-code-execution: rlimits only
+
+# The harness, run as ``python -I -S -c HARNESS CODE_FD TEST_FD REPORT_FD ENTRY``. Trusted code.
+_HARNESS = r"""
+import builtins, os, pickle, sys
+@LIMITS@
+_CAP = 16 << 20
+
+def _send(fd, data):
+    data = len(data).to_bytes(4, "little") + data
+    while data:
+        data = data[os.write(fd, data):]
+
+def _read(fd, size):
+    chunks = []
+    while size:
+        chunk = os.read(fd, min(size, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+def _recv(fd):
+    size = int.from_bytes(_read(fd, 4), "little")
+    if size > _CAP:
+        raise ValueError("reply too large")
+    return _read(fd, size)
+
+def _read_all(fd):
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            os.close(fd)
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+def _solve(code_fd, requests, replies, entry):
+    # The solution process: it has no test, secret or report descriptor.
+    source = _read_all(code_fd).decode("utf-8")
+    import types
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
     try:
-        resource.setrlimit(kind, (value, value))
-    except (ValueError, OSError):
-        pass
-_limit(resource.RLIMIT_AS, @MEMORY_BYTES@)
-_limit(resource.RLIMIT_CPU, @CPU_SECONDS@)
-_limit(resource.RLIMIT_FSIZE, @FILE_BYTES@)
-_limit(resource.RLIMIT_NOFILE, 64)
-_limit(resource.RLIMIT_CORE, 0)
-token = sys.stdin.readline().strip()
-source = sys.stdin.read()
-import builtins, shutil, socket, subprocess
-def _blocked(*args, **kwargs):
-    raise PermissionError("blocked by the realignkit sandbox")
-for _name in ("system", "popen", "remove", "unlink", "rmdir", "removedirs", "rename",
-              "renames", "replace", "truncate", "ftruncate", "kill", "killpg", "fork",
-              "forkpty", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
-              "execlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe", "spawnl", "spawnle",
-              "spawnlp", "spawnlpe", "posix_spawn", "posix_spawnp", "chmod", "fchmod",
-              "lchmod", "chown", "fchown", "lchown", "chroot", "chdir", "fchdir", "setuid",
-              "seteuid", "setgid", "setsid", "setpgid", "putenv", "unsetenv", "symlink", "link",
-              "mkfifo", "mknod", "_exit", "abort"):
-    if hasattr(os, _name):
-        setattr(os, _name, _blocked)
-for _name in ("rmtree", "move", "chown", "copytree", "copy", "copy2", "copyfile"):
-    setattr(shutil, _name, _blocked)
-for _name in ("Popen", "run", "call", "check_call", "check_output", "getoutput",
-              "getstatusoutput"):
-    setattr(subprocess, _name, _blocked)
-for _name in ("socket", "create_connection", "create_server", "socketpair", "fromfd",
-              "getaddrinfo"):
-    setattr(socket, _name, _blocked)
-import _socket
-for _name in ("socket", "socketpair", "fromfd", "getaddrinfo"):
-    setattr(_socket, _name, _blocked)
-builtins.exit = builtins.quit = _blocked
-sys.modules["ctypes"] = None
-del _name
-namespace = {"__name__": "__sandbox__", "__builtins__": builtins}
-try:
-    exec(compile(source, "program.py", "exec"), namespace)
-except BaseException as err:
-    sys.stderr.write(type(err).__name__ + ": " + str(err)[:300] + "\n")
-    sys.stderr.flush()
-    _exit(1)
-_write("\n" + token + "\n")
-_flush()
-_exit(0)
+        exec(compile(source, "solution.py", "exec"), main.__dict__)
+    except BaseException as err:
+        sys.stderr.write("solution: " + type(err).__name__ + ": " + str(err)[:300] + "\n")
+        sys.stderr.flush()
+        os._exit(1)
+    if not entry:
+        os._exit(0)
+    function = main.__dict__.get(entry)
+    while True:
+        try:
+            args, kwargs = pickle.loads(_recv(requests))
+        except EOFError:
+            os._exit(0)
+        try:
+            reply = ("ok", function(*args, **kwargs))
+        except BaseException as err:
+            reply = ("raise", type(err).__name__, str(err)[:300])
+        try:
+            data = pickle.dumps(reply, protocol=4)
+        except BaseException:
+            data = pickle.dumps(("raise", "TypeError", "the result is not plain data"))
+        _send(replies, data)
+
+class _PlainData(pickle.Unpickler):
+    _allowed = {"complex", "set", "frozenset", "bytearray", "range", "slice"}
+
+    def find_class(self, module, name):
+        if module == "builtins" and name in self._allowed:
+            return getattr(builtins, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+def _test(pid, test_fd, report_fd, requests, replies, entry):
+    import io
+    payload = _read_all(test_fd)
+    secret, test = payload.split(b"\n", 1)
+    if not entry:  # a plain script: it passes by running to its end
+        _, status = os.waitpid(pid, 0)
+        if status == 0:
+            os.write(report_fd, secret)
+        os._exit(0)
+    calls = [0]
+
+    def candidate(*args, **kwargs):
+        calls[0] += 1
+        _send(requests, pickle.dumps((args, kwargs), protocol=4))
+        try:
+            reply = _PlainData(io.BytesIO(_recv(replies))).load()
+        except EOFError:
+            raise RuntimeError("the solution process ended") from None
+        if reply[0] == "ok":
+            return reply[1]
+        kind = getattr(builtins, reply[1], None)
+        if isinstance(kind, type) and issubclass(kind, Exception):
+            raise kind(reply[2])
+        raise RuntimeError(reply[1] + ": " + reply[2])
+
+    namespace = {"__name__": "__test__", "__builtins__": builtins, "candidate": candidate}
+    try:
+        exec(compile(test.decode("utf-8"), "test.py", "exec"), namespace)
+    except BaseException as err:
+        sys.stderr.write("test: " + type(err).__name__ + ": " + str(err)[:300] + "\n")
+        sys.stderr.flush()
+        os._exit(1)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    if calls[0]:
+        os.write(report_fd, secret)
+    os._exit(0)
+
+def _main():
+    code_fd, test_fd, report_fd = (int(a) for a in sys.argv[1:4])
+    entry = sys.argv[4]
+    requests = os.pipe()
+    replies = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for fd in (test_fd, report_fd, requests[1], replies[0]):
+            os.close(fd)
+        _solve(code_fd, requests[0], replies[1], entry)
+    for fd in (code_fd, requests[0], replies[1]):
+        os.close(fd)
+    _test(pid, test_fd, report_fd, requests[1], replies[0], entry)
+
+_main()
 """
+
+
+@dataclass(frozen=True)
+class Program:
+    """What one graded run executes: ``solution`` (prompt + completion), then ``test``.
+
+    ``test`` is trusted dataset code that ends by calling ``check(candidate)``; ``entry_point``
+    names the function of the solution that ``candidate`` calls. ``entry_point=""`` runs
+    ``solution`` as a plain script, which passes by running to its end (that is not grading:
+    a script can end itself with exit status 0).
+    """
+
+    solution: str
+    test: str = ""
+    entry_point: str = ""
 
 
 @dataclass
 class RunResult:
-    """Outcome of one program: ``passed``, ``failed``, ``timeout``."""
+    """Outcome of one program: ``passed``, ``failed``, ``timeout``; ``isolation`` it ran under."""
 
     status: str
     detail: str = ""
+    isolation: str = ISOLATED
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-@lru_cache(maxsize=1)
-def _network_namespace_prefix() -> tuple[str, ...]:
-    """``unshare`` arguments that drop the network, when this machine allows it."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return ()
-    for args in ((unshare, "--net"), (unshare, "--map-root-user", "--net")):
-        try:
-            probe = subprocess.run([*args, "true"], capture_output=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if probe.returncode == 0:
-            return args
-    return ()
+def isolation_level(allow_unsafe: bool = False) -> str:
+    """``"bubblewrap"`` where the sandbox works; else ``"none"`` if allowed; else an error."""
+    works, reason = sandbox.probe()
+    if works:
+        return ISOLATED
+    if allow_unsafe:
+        return UNSAFE
+    raise RealignError(
+        f"HumanEval runs model-written code and the sandbox is unavailable ({reason}); "
+        "install bubblewrap, or pass --unsafe-code-execution to run it unisolated"
+    )
 
 
 def run_program(
-    program: str,
+    program: Program | str,
     *,
     timeout: float = 10.0,
     memory_mb: int = 1024,
-    network_isolation: bool = True,
+    processes: int = 8,
+    disk_mb: int = 16,
+    isolation: str | None = None,
 ) -> RunResult:
-    """Run ``program`` in a sandboxed child process (see the module docstring)."""
-    token = secrets.token_hex(16)
-    runner = (
-        _RUNNER.replace("@MEMORY_BYTES@", str(memory_mb << 20))
-        .replace("@CPU_SECONDS@", str(int(timeout) + 1))
-        .replace("@FILE_BYTES@", str(16 << 20))
-    )
-    prefix = _network_namespace_prefix() if network_isolation else ()
-    workdir = tempfile.mkdtemp(prefix="realignkit-sandbox-")
-    env = {
+    """Run one program and grade it (see the module docstring).
+
+    ``isolation`` is ``"bubblewrap"`` or ``"none"``; by default the sandbox, or an error
+    where it is unavailable. ``memory_mb``, ``processes`` and ``disk_mb`` bound the whole
+    run (every process of it together).
+    """
+    if isinstance(program, str):
+        program = Program(program)
+    level = isolation or isolation_level()
+    isolated = level == ISOLATED
+    limits = sandbox.Limits(memory_mb, processes, int(timeout) + 1, disk_mb)
+    harness = _HARNESS.replace("@LIMITS@", sandbox.limit_commands(limits, isolated=isolated))
+    secret = secrets.token_hex(16).encode()
+    code_fd = _memfd(program.solution.encode("utf-8"))
+    test_fd = _memfd(secret + b"\n" + program.test.encode("utf-8"))
+    report_r, report_w = os.pipe()
+    fds = [code_fd, test_fd, report_w]
+    argv = [sys.executable, "-I", "-S", "-c", harness, str(code_fd), str(test_fd)]
+    argv += [str(report_w), program.entry_point]
+    workdir = None
+    info_r = None
+    try:
+        if isolated:
+            seccomp_fd = _memfd(sandbox.seccomp_program())
+            info_r, info_w = os.pipe()
+            fds += [seccomp_fd, info_w]
+            command = sandbox.wrap(argv, disk_mb=disk_mb, seccomp_fd=seccomp_fd)
+            command[command.index("--seccomp") : command.index("--seccomp")] = [
+                "--info-fd",
+                str(info_w),
+            ]
+            cwd, env = "/", {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        else:
+            workdir = tempfile.mkdtemp(prefix="realignkit-unsafe-")
+            command, cwd, env = argv, workdir, _unsafe_env(workdir)
+        with tempfile.TemporaryFile() as errors:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                pass_fds=fds,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+            for fd in fds:
+                os.close(fd)
+            fds = []
+            try:
+                proc.wait(timeout=timeout)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            _kill_group(proc)
+            if info_r is not None:
+                _wait_sandbox_gone(info_r)
+            report = _read_available(report_r)
+            errors.seek(0, os.SEEK_END)
+            errors.seek(max(0, errors.tell() - 2048))
+            error_tail = errors.read().decode("utf-8", "replace").strip()
+        if timed_out:
+            return RunResult("timeout", f"no result after {timeout:g} s", level)
+        if proc.returncode == 0 and secrets.compare_digest(report, secret):
+            return RunResult("passed", "", level)
+        last = error_tail.splitlines()[-1] if error_tail else f"exit code {proc.returncode}"
+        return RunResult("failed", last[:300], level)
+    finally:
+        for fd in (*fds, report_r, *([info_r] if info_r is not None else [])):
+            os.close(fd)
+        if workdir is not None:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("realignkit", 0)  # inheritable, unlike the default MFD_CLOEXEC
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _unsafe_env(workdir: str) -> dict[str, str]:
+    return {
         "PATH": "/usr/bin:/bin",
         "HOME": workdir,
         "TMPDIR": workdir,
         "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
-        "OMP_NUM_THREADS": "1",  # numeric libraries reserve less memory with one thread
+        "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
     }
+
+
+def _read_available(fd: int) -> bytes:
+    os.set_blocking(fd, False)
     try:
-        with (
-            open(os.path.join(workdir, ".stdout"), "wb+") as out,
-            open(os.path.join(workdir, ".stderr"), "wb+") as err,
-        ):
-            proc = subprocess.Popen(
-                [*prefix, sys.executable, "-I", "-c", runner],
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                cwd=workdir,
-                env=env,
-                start_new_session=True,
-            )
-            try:
-                proc.communicate((token + "\n" + program).encode("utf-8"), timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                return RunResult("timeout", f"no result after {timeout:g} s")
-            finally:
-                _kill_group(proc)
-            out.seek(0, os.SEEK_END)
-            out.seek(max(0, out.tell() - 4096))
-            tail = out.read().decode("utf-8", "replace")
-            err.seek(0, os.SEEK_END)
-            err.seek(max(0, err.tell() - 2048))
-            error_tail = err.read().decode("utf-8", "replace").strip()
-        if proc.returncode == 0 and tail.rstrip().endswith(token):
-            return RunResult("passed")
-        last = error_tail.splitlines()[-1] if error_tail else f"exit code {proc.returncode}"
-        return RunResult("failed", last[:300])
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        return os.read(fd, 4096)
+    except BlockingIOError:
+        return b""
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -186,6 +335,26 @@ def _kill_group(proc: subprocess.Popen) -> None:
         except (ProcessLookupError, PermissionError):
             proc.kill()
     proc.wait()
+
+
+def _wait_sandbox_gone(info_fd: int, limit: float = 5.0) -> None:
+    """Return once the sandbox's init (and so every process in its PID namespace) is gone."""
+    try:
+        child = json.loads(_read_available(info_fd) or b"{}").get("child-pid")
+    except ValueError:
+        child = None
+    if not child:
+        return
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        if state in (b"Z", b"X"):  # a namespace's init is a zombie only after the rest died
+            return
+        time.sleep(0.005)
 
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
@@ -219,8 +388,8 @@ def truncate_body(completion: str) -> str:
     return completion
 
 
-def build_program(problem: dict, response: str, *, chat: bool) -> str:
-    """Prompt + completion (or the model's full function) + the tests + ``check(entry)``."""
+def build_program(problem: dict, response: str, *, chat: bool) -> Program:
+    """Prompt + completion (or the model's full function) as the solution; the tests apart."""
     entry = problem["entry_point"]
     prompt = problem["prompt"]
     if chat:
@@ -231,7 +400,9 @@ def build_program(problem: dict, response: str, *, chat: bool) -> str:
             body = prompt + code
     else:
         body = prompt + truncate_body(response)
-    return f"{body}\n\n{problem['test']}\n\ncheck({entry})\n"
+    # The test process runs the prompt too: some tests call its helper functions.
+    test = f"{prompt}    pass\n\n{problem['test']}\n\ncheck(candidate)\n"
+    return Program(solution=body, test=test, entry_point=entry)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -244,17 +415,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def run_many(
-    programs: list[str], *, timeout: float = 10.0, memory_mb: int = 1024, workers: int | None = None
+    programs: list[Program | str],
+    *,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    workers: int | None = None,
+    allow_unsafe: bool = False,
 ) -> list[RunResult]:
-    """Run programs in parallel sandboxes (threads waiting on child processes)."""
+    """Run programs in parallel sandboxes (threads waiting on child processes).
+
+    Raises :class:`RealignError` where the sandbox is unavailable, unless ``allow_unsafe``.
+    """
+    level = isolation_level(allow_unsafe)
     workers = workers or max(1, min(4, os.cpu_count() or 1))
     results: list[RunResult | None] = [None] * len(programs)
     with (
         ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(programs), desc="humaneval tests", unit="program") as bar,
+        tqdm(total=len(programs), desc=f"humaneval tests ({level})", unit="program") as bar,
     ):
         futures = {
-            pool.submit(run_program, p, timeout=timeout, memory_mb=memory_mb): i
+            pool.submit(run_program, p, timeout=timeout, memory_mb=memory_mb, isolation=level): i
             for i, p in enumerate(programs)
         }
         for future in futures:
