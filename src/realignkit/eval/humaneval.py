@@ -128,11 +128,19 @@ def _test(pid, test_fd, report_fd, requests, replies, entry):
             os.write(report_fd, secret)
         os._exit(0)
     calls = [0]
+    # The solution's children may hold the reply pipe open: its end is watched separately.
+    import select
+    watch = select.poll()
+    watch.register(replies, select.POLLIN)
+    watch.register(os.pidfd_open(pid), select.POLLIN)
 
     def candidate(*args, **kwargs):
         calls[0] += 1
         _send(requests, pickle.dumps((args, kwargs), protocol=4))
         try:
+            events = dict(watch.poll())
+            if not events.get(replies, 0) & select.POLLIN:
+                raise EOFError
             reply = _PlainData(io.BytesIO(_recv(replies))).load()
         except EOFError:
             raise RuntimeError("the solution process ended") from None
@@ -289,8 +297,7 @@ def run_program(
             return RunResult("timeout", f"no result after {timeout:g} s", level)
         if proc.returncode == 0 and secrets.compare_digest(report, secret):
             return RunResult("passed", "", level)
-        last = error_tail.splitlines()[-1] if error_tail else f"exit code {proc.returncode}"
-        return RunResult("failed", last[:300], level)
+        return RunResult("failed", _failure_detail(error_tail, proc.returncode), level)
     finally:
         for fd in (*fds, report_r, *([info_r] if info_r is not None else [])):
             os.close(fd)
@@ -298,6 +305,14 @@ def run_program(
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _failure_detail(stderr_tail: str, returncode: int) -> str:
+    """The solution's own error when it had one (the root cause), else the test's."""
+    lines = stderr_tail.splitlines()
+    own = [line for line in lines if line.startswith("solution: ")]
+    chosen = own[-1] if own else lines[-1] if lines else f"exit code {returncode}"
+    return chosen[:300]
 
 
 def _memfd(data: bytes) -> int:
