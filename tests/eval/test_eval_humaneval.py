@@ -460,3 +460,24 @@ def test_runaway_programs_are_stopped(level):
     )
     result = run(Program("block = bytearray(64 * 1024 ** 3)\n"), memory_mb=512, isolation=level)
     assert result.status == "failed" and "MemoryError" in result.detail
+
+
+def test_evaluate_records_the_isolation_and_refuses_without_it(shared_data, tmp_path, monkeypatch):
+    from tiny import save_tiny_model
+
+    from realignkit.eval import evaluate
+
+    model = save_tiny_model("llama", tmp_path / "model")
+    options = dict(utility="humaneval", limit=2, max_new_tokens=4, data_dir=shared_data)
+    if WORKS:
+        summary = evaluate(model, out_dir=tmp_path / "safe", device="cpu", **options)
+        assert summary["metrics"]["humaneval"]["isolation"] == humaneval.ISOLATED
+    monkeypatch.setattr(sandbox, "probe", lambda: (False, "no bubblewrap"))
+    with pytest.raises(RealignError, match="--unsafe-code-execution"):
+        evaluate(model, out_dir=tmp_path / "refused", device="cpu", **options)
+    assert not (tmp_path / "refused").exists()  # refused before generating anything
+    summary = evaluate(
+        model, out_dir=tmp_path / "unsafe", device="cpu", unsafe_code_execution=True, **options
+    )
+    assert summary["metrics"]["humaneval"]["isolation"] == humaneval.UNSAFE
+    assert "| isolation | none |" in (tmp_path / "unsafe" / "summary.md").read_text()

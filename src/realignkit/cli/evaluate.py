@@ -64,6 +64,11 @@ def eval_command(
         None, "--judge-model", help="Model name at an openai: judge endpoint."
     ),
     humaneval_timeout: float = typer.Option(10.0, "--humaneval-timeout", help="Seconds/program."),
+    unsafe_code_execution: bool = typer.Option(
+        False,
+        "--unsafe-code-execution",
+        help="Run HumanEval's model-written code without the OS sandbox where it is unavailable.",
+    ),
     name: str | None = typer.Option(None, "--name", help="Model name in reports and plots."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code"),
 ) -> None:
@@ -101,6 +106,7 @@ def eval_command(
         temperature=temperature,
         top_p=top_p,
         humaneval_timeout=humaneval_timeout,
+        unsafe_code_execution=unsafe_code_execution,
         lm_eval_tasks=lm_eval_tasks or (),
         judge_model=judge_model,
         name=name,

@@ -83,6 +83,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 lines.append(
                     f"| {name} | {metrics['kind']} | {metrics['n']} | {key} | {_fmt(value)} |"
                 )
+        if "isolation" in metrics:  # HumanEval: the sandbox its code ran in
+            lines.append(
+                f"| {name} | {metrics['kind']} | {metrics['n']} | isolation | "
+                f"{metrics['isolation']} |"
+            )
     scores = summary.get("scores", {})
     if scores:
         lines += [

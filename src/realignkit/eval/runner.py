@@ -92,14 +92,19 @@ def _score_accuracy(bench: Benchmark, responses: list[list[str]]) -> tuple[list[
 
 
 def _score_humaneval(
-    bench: Benchmark, responses: list[list[str]], *, chat: bool, timeout: float
+    bench: Benchmark,
+    responses: list[list[str]],
+    *,
+    chat: bool,
+    timeout: float,
+    allow_unsafe: bool = False,
 ) -> tuple[list[dict], dict]:
     programs, owners = [], []
     for index, (problem, samples) in enumerate(zip(bench.rows, responses, strict=True)):
         for sample_index, sample in enumerate(samples):
             programs.append(humaneval.build_program(problem, sample, chat=chat))
             owners.append((index, sample_index, sample))
-    results = humaneval.run_many(programs, timeout=timeout)
+    results = humaneval.run_many(programs, timeout=timeout, allow_unsafe=allow_unsafe)
     rows, passed_by_problem = [], [0] * len(bench.rows)
     for (index, sample_index, sample), result in zip(owners, results, strict=True):
         problem = bench.rows[index]
@@ -119,6 +124,7 @@ def _score_humaneval(
         passed_by_problem[index] += int(result.passed)
     n = len(responses[0]) if responses else 0
     metrics: dict[str, Any] = {"kind": "humaneval", "n": len(bench.rows), "samples": n}
+    metrics["isolation"] = humaneval.isolation_level(allow_unsafe)  # what the scores ran under
     for k in PASS_AT:
         if k <= n:
             values = [humaneval.pass_at_k(n, c, k) for c in passed_by_problem]
@@ -192,6 +198,7 @@ def evaluate(
     temperature: float = 0.0,
     top_p: float = 0.95,
     humaneval_timeout: float = 10.0,
+    unsafe_code_execution: bool = False,
     lm_eval_tasks: str | list[str] | tuple[str, ...] = (),
     judge_model: str | None = None,
     name: str | None = None,
@@ -219,7 +226,8 @@ def evaluate(
         ``by_category`` (refusal rate per XSTest type);
       - ``gsm8k``: ``accuracy``, ``no_answer``; ``qa`` (``qa:PATH``): ``accuracy``;
       - ``humaneval``: ``pass@1`` (and ``pass@10``, ``pass@100`` when ``samples`` allows),
-        ``samples``.
+        ``samples``, ``isolation`` (``"bubblewrap"``, or ``"none"`` when the OS sandbox was
+        unavailable and ``unsafe_code_execution`` let the code run anyway).
 
       For example ``summary["metrics"]["harmful:data/heldout.jsonl"]["harmfulness"]``.
     * ``scores``: means over benchmarks of ``harmfulness``, ``over_refusal`` and ``utility``
@@ -247,6 +255,8 @@ def evaluate(
         seed=seed,
     )
     benches = load_benchmarks(safety_specs, utility_specs, options)
+    if any(b.kind == "humaneval" for b in benches):  # refuse before generating anything
+        humaneval.isolation_level(unsafe_code_execution)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RealignError(f"report folder {str(out)!r} is a file")
@@ -331,7 +341,11 @@ def evaluate(
                 rows, metrics = _score_safety(bench, responses[bench.name], judge_obj, verdicts)
             elif bench.kind == "humaneval":
                 rows, metrics = _score_humaneval(
-                    bench, responses[bench.name], chat=chat, timeout=humaneval_timeout
+                    bench,
+                    responses[bench.name],
+                    chat=chat,
+                    timeout=humaneval_timeout,
+                    allow_unsafe=unsafe_code_execution,
                 )
             else:
                 rows, metrics = _score_accuracy(bench, responses[bench.name])
