@@ -415,8 +415,10 @@ def build_program(problem: dict, response: str, *, chat: bool) -> Program:
             body = prompt + code
     else:
         body = prompt + truncate_body(response)
-    # The test process runs the prompt too: some tests call its helper functions.
-    test = f"{prompt}    pass\n\n{problem['test']}\n\ncheck(candidate)\n"
+    # The test process runs the prompt too (some tests call its helper functions), and the
+    # entry point's name means the solution's function there as well (HumanEval/33's test
+    # compares candidate with sort_third).
+    test = f"{prompt}    pass\n\n{entry} = candidate\n\n{problem['test']}\n\ncheck(candidate)\n"
     return Program(solution=body, test=test, entry_point=entry)
 
 

@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -216,25 +217,52 @@ def wrap(argv: list[str], *, disk_mb: int, seccomp_fd: int) -> list[str]:
     ]  # fmt: skip
     if not as_root:
         return args
-    # Root must not be mapped into the sandbox: bubblewrap runs as SANDBOX_UID. Prefixes only
-    # root can reach (a pyenv under /root) are first bound, in a private mount namespace of
-    # this one command, onto a tmpfs that SANDBOX_UID can traverse.
-    setpriv = [
-        "setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
-        "--inh-caps=-all", "--bounding-set=-all", "--",
-    ]  # fmt: skip
+    # Root must not be mapped into the sandbox: bubblewrap runs as SANDBOX_UID. A prefix only
+    # root can reach (a pyenv under /root) is bound onto a tmpfs SANDBOX_UID can traverse, in
+    # a private mount namespace that one holder process keeps for the evaluator's lifetime.
     if not hidden:
-        return setpriv + args
-    script = [f"mount -t tmpfs -o size=64k,mode=755 realignkit-sandbox {_SPARE_MOUNT}"]
-    for index, root in enumerate(roots):
-        if root in hidden:
-            target = f"{_SPARE_MOUNT}/{index}"
-            script += [f"mkdir {target}", f"mount --bind {_quote(root)} {target}"]
-    script.append('exec "$@"')
+        return [
+            "setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--", *args,
+        ]  # fmt: skip
+    holder = _mount_holder(tuple(hidden), tuple(roots))
     return [
-        "unshare", "--mount", "--propagation", "private",
-        "/bin/sh", "-ec", "\n".join(script), "sandbox", *setpriv, *args,
+        "nsenter", f"--mount=/proc/{holder}/ns/mnt",
+        f"--setuid={SANDBOX_UID}", f"--setgid={SANDBOX_UID}", "--", *args,
     ]  # fmt: skip
+
+
+_holders: dict[tuple[tuple[str, ...], tuple[str, ...]], subprocess.Popen] = {}
+_holders_lock = threading.Lock()
+
+
+def _mount_holder(hidden: tuple[str, ...], roots: tuple[str, ...]) -> int:
+    """pid of a process whose private mount namespace shows ``hidden`` under /mnt/INDEX.
+
+    It lives until its stdin closes, that is until this evaluator process ends.
+    """
+    with _holders_lock:
+        holder = _holders.get((hidden, roots))
+        if holder is not None and holder.poll() is None:
+            return holder.pid
+        script = [f"mount -t tmpfs -o size=64k,mode=755 realignkit-sandbox {_SPARE_MOUNT}"]
+        for index, root in enumerate(roots):
+            if root in hidden:
+                target = f"{_SPARE_MOUNT}/{index}"
+                script += [f"mkdir {target}", f"mount --bind {_quote(root)} {target}"]
+        script += ["echo ready", "read _ || true"]
+        holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-ec", "\n".join(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd="/",
+        )
+        if holder.stdout is None or holder.stdout.readline().strip() != b"ready":
+            holder.kill()
+            holder.wait()
+            raise RuntimeError("could not prepare the sandbox's mount namespace")
+        _holders[(hidden, roots)] = holder
+        return holder.pid
 
 
 def _quote(path: str) -> str:
