@@ -7,6 +7,7 @@ the machine run only where the OS-level sandbox works, and are skipped with the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -476,8 +477,14 @@ def test_evaluate_records_the_isolation_and_refuses_without_it(shared_data, tmp_
     with pytest.raises(RealignError, match="--unsafe-code-execution"):
         evaluate(model, out_dir=tmp_path / "refused", device="cpu", **options)
     assert not (tmp_path / "refused").exists()  # refused before generating anything
-    summary = evaluate(
-        model, out_dir=tmp_path / "unsafe", device="cpu", unsafe_code_execution=True, **options
-    )
+    from realignkit.cli import main
+
+    command = ["eval", "--model", str(model), "--utility", "humaneval", "--limit", "2"]
+    command += ["--max-new-tokens", "4", "--data-dir", str(shared_data), "--device", "cpu"]
+    with pytest.raises(SystemExit) as stopped:
+        main([*command, "-o", str(tmp_path / "refused-cli")])
+    assert stopped.value.code == 2
+    main([*command, "-o", str(tmp_path / "unsafe"), "--unsafe-code-execution"])
+    summary = json.loads((tmp_path / "unsafe" / "summary.json").read_text())
     assert summary["metrics"]["humaneval"]["isolation"] == humaneval.UNSAFE
     assert "| isolation | none |" in (tmp_path / "unsafe" / "summary.md").read_text()
