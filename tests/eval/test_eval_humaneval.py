@@ -488,3 +488,9 @@ def test_evaluate_records_the_isolation_and_refuses_without_it(shared_data, tmp_
     summary = json.loads((tmp_path / "unsafe" / "summary.json").read_text())
     assert summary["metrics"]["humaneval"]["isolation"] == humaneval.UNSAFE
     assert "| isolation | none |" in (tmp_path / "unsafe" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_solution_can_import_the_interpreters_packages(level):
+    code = "import numpy\nraise SystemExit('numpy=' + numpy.__version__)\n"
+    assert reported(run(Program(code), isolation=level), "numpy") != ""

@@ -30,10 +30,12 @@ import secrets
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -83,6 +85,7 @@ def _read_all(fd):
 def _solve(code_fd, requests, replies, entry):
     # The solution process: it has no test, secret or report descriptor.
     source = _read_all(code_fd).decode("utf-8")
+    sys.path += @SITE_PACKAGES@  # third-party packages, importable but not run at start-up
     import types
     main = types.ModuleType("__main__")
     sys.modules["__main__"] = main
@@ -244,6 +247,7 @@ def run_program(
     isolated = level == ISOLATED
     limits = sandbox.Limits(memory_mb, processes, int(timeout) + 1, disk_mb)
     harness = _HARNESS.replace("@LIMITS@", sandbox.limit_commands(limits, isolated=isolated))
+    harness = harness.replace("@SITE_PACKAGES@", repr(_site_packages()))
     secret = secrets.token_hex(16).encode()
     code_fd = _memfd(program.solution.encode("utf-8"))
     test_fd = _memfd(secret + b"\n" + program.test.encode("utf-8"))
@@ -305,6 +309,13 @@ def run_program(
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@lru_cache(maxsize=1)
+def _site_packages() -> list[str]:
+    """The evaluator's site-packages folders (``-S`` skips site's slow ``.pth`` processing)."""
+    folders = {sysconfig.get_paths()[key] for key in ("purelib", "platlib")}
+    return sorted(folder for folder in folders if os.path.isdir(folder))
 
 
 def _failure_detail(stderr_tail: str, returncode: int) -> str:
