@@ -96,17 +96,24 @@ def limit_commands(limits: Limits, *, isolated: bool) -> str:
     Without a user namespace ``RLIMIT_NPROC`` would count every process of the user, so it is
     set only when ``isolated``.
     """
+    limits_by_kind = {
+        "RLIMIT_AS": limits.memory_per_process,
+        "RLIMIT_CPU": limits.cpu_seconds,
+        "RLIMIT_FSIZE": limits.disk_mb << 20,
+        "RLIMIT_NOFILE": 64,
+        "RLIMIT_CORE": 0,
+    }
+    if isolated:
+        limits_by_kind["RLIMIT_NPROC"] = limits.processes
     lines = [
         "import resource as _r",
-        f"_r.setrlimit(_r.RLIMIT_AS, ({limits.memory_per_process},) * 2)",
-        f"_r.setrlimit(_r.RLIMIT_CPU, ({limits.cpu_seconds},) * 2)",
-        f"_r.setrlimit(_r.RLIMIT_FSIZE, ({limits.disk_mb << 20},) * 2)",
-        "_r.setrlimit(_r.RLIMIT_NOFILE, (64, 64))",
-        "_r.setrlimit(_r.RLIMIT_CORE, (0, 0))",
+        "def _limit(kind, value):",  # never above the hard limit the process already has
+        "    hard = _r.getrlimit(kind)[1]",
+        "    value = value if hard == _r.RLIM_INFINITY else min(value, hard)",
+        "    _r.setrlimit(kind, (value, value))",
     ]
-    if isolated:
-        lines.append(f"_r.setrlimit(_r.RLIMIT_NPROC, ({limits.processes},) * 2)")
-    return "\n".join(lines) + "\ndel _r\n"
+    lines += [f"_limit(_r.{kind}, {value})" for kind, value in limits_by_kind.items()]
+    return "\n".join(lines) + "\ndel _r, _limit\n"
 
 
 def find_bwrap() -> str | None:
@@ -280,7 +287,7 @@ def probe() -> tuple[bool, str]:
         program = seccomp_program()
     except ImportError:
         return False, "pyseccomp is not installed (pip install pyseccomp)"
-    except OSError as err:  # libseccomp.so missing or refusing
+    except (OSError, RuntimeError) as err:  # libseccomp.so missing or refusing
         return False, f"libseccomp is unusable: {err}"
     if os.geteuid() == 0:
         missing = [tool for tool in ("setpriv", "unshare") if shutil.which(tool) is None]
