@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,11 +263,7 @@ def run_program(
             seccomp_fd = _memfd(sandbox.seccomp_program())
             info_r, info_w = os.pipe()
             fds += [seccomp_fd, info_w]
-            command = sandbox.wrap(argv, disk_mb=disk_mb, seccomp_fd=seccomp_fd)
-            command[command.index("--seccomp") : command.index("--seccomp")] = [
-                "--info-fd",
-                str(info_w),
-            ]
+            command = sandbox.wrap(argv, disk_mb=disk_mb, seccomp_fd=seccomp_fd, info_fd=info_w)
             cwd, env = "/", {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         else:
             workdir = tempfile.mkdtemp(prefix="realignkit-unsafe-")
@@ -306,8 +303,6 @@ def run_program(
         for fd in (*fds, report_r, *([info_r] if info_r is not None else [])):
             os.close(fd)
         if workdir is not None:
-            import shutil
-
             shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -180,11 +180,14 @@ def _traversable_by_others(path: str) -> bool:
     return True
 
 
-def wrap(argv: list[str], *, disk_mb: int, seccomp_fd: int) -> list[str]:
+def wrap(
+    argv: list[str], *, disk_mb: int, seccomp_fd: int, info_fd: int | None = None
+) -> list[str]:
     """The command that runs ``argv`` (an interpreter command line) in the sandbox.
 
     ``seccomp_fd`` is an inheritable descriptor holding :func:`seccomp_program`; bubblewrap
-    reads and closes it.
+    reads and closes it. bubblewrap writes ``{"child-pid": PID}`` (the host pid of the
+    sandbox's init) to ``info_fd`` when given.
     """
     bwrap = find_bwrap()
     if bwrap is None:
@@ -218,6 +221,7 @@ def wrap(argv: list[str], *, disk_mb: int, seccomp_fd: int) -> list[str]:
         "--setenv", "LANG", "C.UTF-8", "--setenv", "PATH", "/usr/bin:/bin",
         "--setenv", "PYTHONHASHSEED", "0", "--setenv", "PYTHONDONTWRITEBYTECODE", "1",
         "--setenv", "OMP_NUM_THREADS", "1", "--setenv", "OPENBLAS_NUM_THREADS", "1",
+        *(("--info-fd", str(info_fd)) if info_fd is not None else ()),
         "--seccomp", str(seccomp_fd),
         "--",
         *argv,
