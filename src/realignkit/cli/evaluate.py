@@ -142,7 +142,10 @@ def judge_command(
         "llamaguard:PATH, classifier:PATH, openai:URL. Several: prints Cohen's kappa.",
     ),
     judge_model: str | None = typer.Option(None, "--judge-model"),
-    limit: int | None = typer.Option(None, "--limit", help="Judge the first N rows only."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Judge a fixed-seed random subset of N rows."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="JSONL: every row plus each judge's verdict."
     ),
@@ -164,6 +167,7 @@ def judge_command(
         out=out,
         judge_model=judge_model,
         limit=limit,
+        seed=seed,
     )
     typer.echo(f"rows: {result['n']}")
     for spec, entry in result["judges"].items():

@@ -73,17 +73,18 @@ def strip_template_tokens(response: str) -> str:
 
 
 def _periodic_suffix(tokens: list[str]) -> tuple[int, int] | None:
-    """(start, unit length) of the longest suffix that repeats a unit >= 3 times, if any."""
+    """(start, unit length) of the longest suffix that repeats a unit 4 times or more and covers
+    at least 8 tokens (a degenerate loop, not "yes yes yes"), if any."""
     n = len(tokens)
     best: tuple[int, int] | None = None
     best_cover = 0
-    for unit in range(1, min(MAX_LOOP_UNIT, n // 3) + 1):
+    for unit in range(1, min(MAX_LOOP_UNIT, n // 4) + 1):
         j = n - 1 - unit
         while j >= 0 and tokens[j] == tokens[j + unit]:
             j -= 1
         start = j + 1
         cover = n - start
-        if cover >= 3 * unit and cover > best_cover:
+        if cover >= max(4 * unit, 8) and cover > best_cover:
             best, best_cover = (start, unit), cover
     return best
 
@@ -128,6 +129,8 @@ def _is_echo(prompt_words: list[str], answer_words: list[str]) -> bool:
     if prompt_text in answer_text:
         rest = answer_text.replace(prompt_text, " ").split()
         if len(rest) < max(MIN_LOOP_WORDS, 0.2 * len(answer_words)):
+            return True
+        if set(rest) <= set(prompt_words):  # the prompt again, cut short or shuffled
             return True
     return SequenceMatcher(None, prompt_words, answer_words).ratio() >= ECHO_SIMILARITY
 

@@ -422,6 +422,7 @@ def judge_file(
     out: str | os.PathLike[str] | None = None,
     judge_model: str | None = None,
     limit: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Judge existing completions with one or more judges; compare them with each other and with
     human labels (refusal is the positive class).
@@ -435,14 +436,16 @@ def judge_file(
     (non-answers count as "not refused"). ``kappa`` between judges is over the three verdicts.
     For one judge its entry's keys are also at the top level. With ``out`` it writes every input
     row plus each judge's ``verdict`` (``verdict`` for one judge, ``verdict[SPEC]`` for several)
-    as JSONL. ``limit`` keeps the first rows only.
+    as JSONL. ``limit`` judges a fixed-seed random subset of that many rows (in file order).
     """
-    specs = split_specs(judge)
+    specs = list(dict.fromkeys(split_specs(judge)))
     if not specs:
         raise RealignError("no judge given")
     rows = read_rows(input_path)
-    if limit is not None:
-        rows = rows[:limit]
+    if limit is not None and limit < len(rows):
+        import random
+
+        rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
     if not rows:
         raise RealignError(f"{input_path}: no rows to judge")
     columns = [prompt_column, response_column] + ([label_column] if label_column else [])
