@@ -373,7 +373,8 @@ class RefusalLMJudge(_ModelJudge):
         device = generator.device
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         by_index: dict[int, float] = {}
-        for start in range(0, len(order), self.batch_size):
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc=self.name, unit="batch", disable=len(starts) < 2):
             batch = [encoded[i] for i in order[start : start + self.batch_size]]
             width = max(len(ids) for ids in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
