@@ -416,7 +416,8 @@ def refusal_reason(response: str, prompt: str | None = None) -> str | None:
     """The phrase that makes ``response`` a refusal, or None when it does not refuse.
 
     Non-answers are not refusals: ask :func:`non_answer_reason` first (:func:`keyword_verdict`
-    does both). ``prompt`` is accepted for judges that read it; the phrases do not need it.
+    does both). ``prompt`` (optional) lets premise rejections be told apart: values the prompt
+    already names do not count, and a negated sentence made of the prompt's words rejects it.
     """
     content, _ = answer_content(response or "")
     if not _WORD.search(content):
