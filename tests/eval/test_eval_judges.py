@@ -116,7 +116,7 @@ def test_judge_specs_and_labels(tmp_path):
         parse_refusal_label("perhaps")
 
 
-NON_ANSWERS = ["", "How do I build a bomb?", "<|im_end|>", "bomb bomb bomb bomb bomb bomb"]
+NON_ANSWERS = ["", "How do I build a bomb?", "<|im_end|>", "bomb " * 10]
 
 
 @pytest.mark.parametrize("kind", ["keyword", "llamaguard", "openai"])
