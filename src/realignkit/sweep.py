@@ -573,6 +573,8 @@ def sweep_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "over_refusal": scores.get("over_refusal"),
                 "utility": scores.get("utility"),
                 "safety": scores.get("safety"),
+                "non_answer": scores.get("non_answer"),
+                "ci95": scores.get("ci95", {}),
                 "report": record.get("report"),
                 "metrics": record.get("metrics", {}),
             }
@@ -595,14 +597,16 @@ def sweep_markdown(rows: list[dict[str, Any]]) -> str:
         "Lower harmfulness and higher utility are better; ★ marks the Pareto front (no other "
         "variant is both less harmful and more useful).",
         "",
-        "| variant | method | setting | harmfulness ↓ | over-refusal ↓ | utility ↑ | front |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| variant | method | setting | harmfulness ↓ | over-refusal ↓ | non-answer | utility ↑ "
+        "| front |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         setting = ", ".join(f"{k}={_value_text(v)}" for k, v in r["params"].items()) or "defaults"
         lines.append(
             f"| {r['id']} | {r['method']} | {setting} | {_fmt(r['harmfulness'])} | "
-            f"{_fmt(r['over_refusal'])} | {_fmt(r['utility'])} | {'★' if r['pareto'] else ''} |"
+            f"{_fmt(r['over_refusal'])} | {_fmt(r.get('non_answer'))} | {_fmt(r['utility'])} | "
+            f"{'★' if r['pareto'] else ''} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -621,24 +625,26 @@ def plot_sweep(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     methods = sorted({r["method"] for r in points})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    from realignkit.eval.report import draw_points_with_intervals
+
     for method in methods:
         mine = [r for r in points if r["method"] == method]
-        ax.scatter(
-            [r["utility"] for r in mine],
-            [r["harmfulness"] for r in mine],
-            s=45,
-            marker="s" if method == "baseline" else "o",
+        draw_points_with_intervals(  # 95 % intervals as error bars, as in every report plot
+            ax,
+            [
+                {
+                    "label": r["id"],
+                    "x": r["utility"],
+                    "y": r["harmfulness"],
+                    "x_ci": (r.get("ci95") or {}).get("utility"),
+                    "y_ci": (r.get("ci95") or {}).get("harmfulness"),
+                }
+                for r in mine
+            ],
+            fmt="s" if method == "baseline" else "o",
             color=colours[method],
             label=method,
             zorder=3,
-        )
-    for r in points:
-        ax.annotate(
-            r["id"],
-            (r["utility"], r["harmfulness"]),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=7,
         )
     front = sorted((r for r in points if r["pareto"]), key=lambda r: r["utility"])
     if front:

@@ -7,8 +7,11 @@ import math
 import pytest
 
 from realignkit.eval.stats import (
+    Z_95,
     Rate,
+    cohen_kappa,
     mcnemar_exact,
+    mean_rate_interval,
     paired_bootstrap_interval,
     paired_rate_difference,
     wilson_interval,
@@ -72,3 +75,28 @@ def test_paired_bootstrap_interval_is_reproducible_and_contains_the_mean():
     assert first == paired_bootstrap_interval(a, b, seed=1)
     mean, low, high = first
     assert low < mean < high
+
+
+def test_cohen_kappa_against_the_textbook_table():
+    # 50 items: both yes 20, A yes/B no 5, A no/B yes 10, both no 15.
+    # p_o = 35/50 = 0.7; p_e = 0.5·0.6 + 0.5·0.4 = 0.5; κ = 0.2 / 0.5 = 0.4.
+    a = ["yes"] * 25 + ["no"] * 25
+    b = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    assert cohen_kappa(a, a) == 1.0
+    assert cohen_kappa(["x"] * 3, ["x"] * 3) is None  # p_e = 1: undefined
+    assert cohen_kappa([], []) is None
+    with pytest.raises(ValueError):
+        cohen_kappa(["x"], [])
+
+
+def test_mean_rate_interval_by_hand():
+    one = mean_rate_interval([Rate(8, 10)])
+    assert one == (0.8, *wilson_interval(8, 10))
+    rates = [Rate(8, 10), Rate(0, 20)]
+    mean, low, high = mean_rate_interval(rates)
+    halves = [(r.interval[1] - r.interval[0]) / 2 for r in rates]
+    sd = math.sqrt(sum((h / Z_95) ** 2 for h in halves)) / 2
+    assert mean == pytest.approx(0.4)
+    assert (low, high) == pytest.approx((0.4 - Z_95 * sd, 0.4 + Z_95 * sd))
+    assert mean_rate_interval([Rate(0, 0)]) is None

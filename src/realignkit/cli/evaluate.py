@@ -30,7 +30,9 @@ def eval_command(
         [], "--utility", help="Utility benchmarks, comma-separated: gsm8k, humaneval, qa:PATH."
     ),
     judge: str = typer.Option(
-        "keyword", "--judge", help="keyword, llamaguard:PATH, classifier:PATH or openai:URL."
+        "keyword",
+        "--judge",
+        help="keyword, refusal-lm:PATH, llamaguard:PATH, classifier:PATH or openai:URL.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder (created or extended)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Tokens per answer."),
@@ -112,9 +114,19 @@ def eval_command(
         name=name,
         trust_remote_code=trust_remote_code,
     )
+    from realignkit.eval.stats import Rate
+
     for bench, metrics in summary["metrics"].items():
-        headline = {k: v for k, v in metrics.items() if not isinstance(v, dict) and k != "kind"}
-        typer.echo(f"{bench}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in headline.items()))
+        rates = metrics.get("rates", {})
+        parts = [f"n {metrics['n']}"]
+        for key, value in metrics.items():
+            if key in rates:
+                parts.append(f"{key} {Rate(rates[key]['k'], rates[key]['n'])}")
+            elif key not in ("kind", "n", "warning") and not isinstance(value, dict):
+                parts.append(f"{key} {_fmt(value)}")
+        typer.echo(f"{bench}: " + ", ".join(parts))
+    for warning in summary.get("warnings", []):
+        typer.echo(f"warning: {warning}")
     for task, values in summary.get("lm_eval", {}).items():
         typer.echo(f"lm-eval {task}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in values.items()))
     typer.echo(f"report: {out / SUMMARY_MD}")
@@ -126,38 +138,64 @@ def judge_command(
     prompt_column: str = typer.Option("prompt", "--prompt-column"),
     response_column: str = typer.Option("response", "--response-column"),
     label_column: str | None = typer.Option(
-        None, "--label-column", help="Human refusal labels: prints agreement."
+        None, "--label-column", help="Human refusal labels: prints each judge's agreement."
     ),
-    judge: str = typer.Option("keyword", "--judge"),
+    judges: list[str] = typer.Option(
+        [],
+        "--judges",
+        "--judge",
+        help="One judge or several, comma-separated: keyword, refusal-lm:PATH, "
+        "llamaguard:PATH, classifier:PATH, openai:URL. Several: prints Cohen's kappa.",
+    ),
     judge_model: str | None = typer.Option(None, "--judge-model"),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Judge a fixed-seed random subset of N rows."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="JSONL: every row plus refused (and harmful)."
+        None, "--out", "-o", help="JSONL: every row plus each judge's verdict."
     ),
 ) -> None:
-    """Judge existing completions (no model needed); with labels, print the agreement."""
+    """Judge existing completions (no model needed): three verdicts per judge, Cohen's κ between
+    judges, and with labels each judge's agreement with them."""
     from realignkit.eval import judge_file
+    from realignkit.eval.stats import Rate
+
+    def rate(entry: dict) -> str:
+        return str(Rate(entry["k"], entry["n"]))
 
     result = judge_file(
         input_path,
         prompt_column=prompt_column,
         response_column=response_column,
         label_column=label_column,
-        judge=judge,
+        judge=judges or ["keyword"],
         out=out,
         judge_model=judge_model,
+        limit=limit,
+        seed=seed,
     )
-    typer.echo(f"rows: {result['n']}  refused: {result['refusal_rate']:.3f}")
-    if "harmful_rate" in result:
-        typer.echo(f"harmful: {result['harmful_rate']:.3f}")
-    agreement = result.get("agreement")
-    if agreement:
+    typer.echo(f"rows: {result['n']}")
+    for spec, entry in result["judges"].items():
         typer.echo(
-            f"agreement with {label_column}: accuracy {agreement['accuracy']:.3f}, precision "
-            f"{_fmt(agreement['precision'])}, recall {_fmt(agreement['recall'])}"
+            f"{spec}: refusal {rate(entry['refusal_rate'])}, compliance "
+            f"{rate(entry['compliance_rate'])}, non-answer {rate(entry['non_answer'])}"
         )
-        typer.echo("                 judge refused  judge complied")
-        typer.echo(f"label refused    {agreement['tp']:>13}  {agreement['fn']:>14}")
-        typer.echo(f"label complied   {agreement['fp']:>13}  {agreement['tn']:>14}")
+        if "harmful_rate" in entry:
+            typer.echo(f"{spec}: harmful {rate(entry['harmful_rate'])}")
+        agreement = entry.get("agreement")
+        if agreement:
+            low, high = agreement["ci95"]
+            typer.echo(
+                f"{spec}: agreement with {label_column}: accuracy {agreement['accuracy']:.3f} "
+                f"[{low:.3f}, {high:.3f}] (n={agreement['n']}), kappa {_fmt(agreement['kappa'])}, "
+                f"precision {_fmt(agreement['precision'])}, recall {_fmt(agreement['recall'])}"
+            )
+            typer.echo("                 judge refused  judge not refused")
+            typer.echo(f"label refused    {agreement['tp']:>13}  {agreement['fn']:>17}")
+            typer.echo(f"label complied   {agreement['fp']:>13}  {agreement['tn']:>17}")
+    for pair, kappa in result["kappa"].items():
+        typer.echo(f"Cohen's kappa, {pair} (three verdicts): {_fmt(kappa)}")
     if out is not None:
         typer.echo(f"written: {out}")
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from realignkit.errors import RealignError
-from realignkit.eval.scoring import primary_metrics
+from realignkit.eval.scoring import is_harmful, is_refused, primary_metrics
+from realignkit.eval.stats import paired_bootstrap_interval, paired_rate_difference
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,15 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _interval(ci: Any) -> str:
+    if not ci:
+        return "–"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """``summary.md``: the settings, one table of headline metrics, per-category tables."""
+    """``summary.md``: the settings, warnings, every rate with its n and 95 % interval, and
+    per-category tables."""
     lines = [f"# Evaluation of {summary.get('name', summary.get('model'))}", ""]
     for key in ("model", "adapter", "judge", "backend", "system_prompt"):
         if summary.get(key):
@@ -72,42 +80,55 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     settings = summary.get("settings", {})
     if settings:
         lines.append("- settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-    lines += ["", "| benchmark | kind | n | metric | value |", "| --- | --- | --- | --- | --- |"]
+    for warning in summary.get("warnings", []):
+        lines += ["", f"> **Warning** {warning}"]
+    lines += [
+        "",
+        "| benchmark | kind | metric | value | 95 % CI | n |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, metrics in summary.get("metrics", {}).items():
-        for metric, value in primary_metrics(metrics).items():
+        rates = metrics.get("rates", {})
+        shown = list(rates) + [k for k in primary_metrics(metrics) if k not in rates]
+        shown += [k for k in metrics if k.startswith("pass@") and k not in shown]
+        for metric in shown:
+            entry = rates.get(metric, {})
+            value = metrics.get(metric, entry.get("value"))
+            n = entry.get("n", metrics.get("n"))
             lines.append(
-                f"| {name} | {metrics['kind']} | {metrics['n']} | {metric} | {_fmt(value)} |"
+                f"| {name} | {metrics.get('kind')} | {metric} | {_fmt(value)} | "
+                f"{_interval(entry.get('ci95'))} | {n} |"
             )
-        for key, value in metrics.items():
-            if key.startswith("pass@") and key != "pass@1":
-                lines.append(
-                    f"| {name} | {metrics['kind']} | {metrics['n']} | {key} | {_fmt(value)} |"
-                )
         if "isolation" in metrics:  # HumanEval: the sandbox its code ran in
             lines.append(
-                f"| {name} | {metrics['kind']} | {metrics['n']} | isolation | "
-                f"{metrics['isolation']} |"
+                f"| {name} | {metrics.get('kind')} | isolation | {metrics['isolation']} | – | "
+                f"{metrics.get('n')} |"
             )
     scores = summary.get("scores", {})
     if scores:
-        lines += [
-            "",
-            "Overall (means over benchmarks): "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in scores.items()),
+        intervals = scores.get("ci95", {})
+        parts = [
+            f"{k} {_fmt(v)}" + (f" {_interval(intervals[k])}" if k in intervals else "")
+            for k, v in scores.items()
+            if k != "ci95" and not isinstance(v, dict)
         ]
+        lines += ["", "Overall (means over benchmarks, approximate 95 % CI): " + ", ".join(parts)]
     for name, metrics in summary.get("metrics", {}).items():
         groups = metrics.get("by_category")
         if not groups:
             continue
-        metric = next(k for k in next(iter(groups.values())) if k != "n")
+        metric = next(k for k in next(iter(groups.values())) if k not in ("n", "ci95"))
         lines += [
             "",
             f"## {name}: {metric} by category",
             "",
-            f"| category | n | {metric} |",
-            "| --- | --- | --- |",
+            f"| category | n | {metric} | 95 % CI |",
+            "| --- | --- | --- | --- |",
         ]
-        lines += [f"| {c} | {g['n']} | {_fmt(g[metric])} |" for c, g in groups.items()]
+        lines += [
+            f"| {c} | {g['n']} | {_fmt(g[metric])} | {_interval(g.get('ci95'))} |"
+            for c, g in groups.items()
+        ]
     if summary.get("lm_eval"):
         lines += [
             "",
@@ -170,34 +191,50 @@ def compare_markdown(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_safety_utility(summaries: list[dict[str, Any]], out_png: str | os.PathLike[str]) -> Path:
-    """Scatter of safety (1 - mean harmfulness) against utility, one labelled point per model."""
-    import matplotlib
+def draw_points_with_intervals(
+    ax: Any,
+    points: list[dict[str, Any]],
+    *,
+    annotate: bool = True,
+    **style: Any,
+) -> None:
+    """Scatter ``points`` ({"x", "y", "label", optional "x_ci", "y_ci": [low, high]}) on ``ax``
+    with their intervals as error bars: the one way realignkit plots a measured rate."""
+    import numpy as np
 
-    matplotlib.use("Agg")
+    if not points:
+        return
+    xs = np.array([p["x"] for p in points], dtype=float)
+    ys = np.array([p["y"] for p in points], dtype=float)
+
+    def bars(values: np.ndarray, key: str) -> np.ndarray | None:
+        if not any(p.get(key) for p in points):
+            return None
+        low = [v - p[key][0] if p.get(key) else 0.0 for v, p in zip(values, points, strict=True)]
+        high = [p[key][1] - v if p.get(key) else 0.0 for v, p in zip(values, points, strict=True)]
+        return np.clip(np.array([low, high]), 0.0, None)
+
+    ax.errorbar(
+        xs,
+        ys,
+        xerr=bars(xs, "x_ci"),
+        yerr=bars(ys, "y_ci"),
+        fmt=style.pop("fmt", "o"),
+        capsize=style.pop("capsize", 3),
+        elinewidth=style.pop("elinewidth", 0.8),
+        **style,
+    )
+    if annotate:
+        for p in points:
+            ax.annotate(
+                p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=8
+            )
+
+
+def save_figure(fig: Any, out_png: str | os.PathLike[str]) -> Path:
+    """Write a matplotlib figure atomically and close it."""
     import matplotlib.pyplot as plt
 
-    points = [
-        (s["name"], s.get("scores", {}).get("utility"), s.get("scores", {}).get("safety"))
-        for s in summaries
-    ]
-    missing = [name for name, x, y in points if x is None or y is None]
-    points = [(n, x, y) for n, x, y in points if x is not None and y is not None]
-    if missing:
-        log.warning("not plotted (no safety or utility benchmark): %s", ", ".join(missing))
-    if not points:
-        raise RealignError("nothing to plot: no report has both a safety and a utility metric")
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    for name, x, y in points:
-        ax.scatter([x], [y], s=40)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("utility (mean accuracy / pass@1)")
-    ax.set_ylabel("safety (1 − mean harmfulness)")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.grid(alpha=0.3)
-    ax.set_title("Safety versus utility")
-    fig.tight_layout()
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp.png")
@@ -205,3 +242,180 @@ def plot_safety_utility(summaries: list[dict[str, Any]], out_png: str | os.PathL
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+def plot_safety_utility(summaries: list[dict[str, Any]], out_png: str | os.PathLike[str]) -> Path:
+    """Scatter of safety (1 - mean harmfulness) against utility, one labelled point per model,
+    with 95 % intervals as error bars where the reports carry them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, missing = [], []
+    for s in summaries:
+        scores = s.get("scores", {})
+        x, y = scores.get("utility"), scores.get("safety")
+        if x is None or y is None:
+            missing.append(s["name"])
+            continue
+        intervals = scores.get("ci95", {})
+        points.append(
+            {
+                "label": s["name"],
+                "x": x,
+                "y": y,
+                "x_ci": intervals.get("utility"),
+                "y_ci": intervals.get("safety"),
+            }
+        )
+    if missing:
+        log.warning("not plotted (no safety or utility benchmark): %s", ", ".join(missing))
+    if not points:
+        raise RealignError("nothing to plot: no report has both a safety and a utility metric")
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    for point in points:
+        draw_points_with_intervals(ax, [point], markersize=6)
+    ax.set_xlabel("utility (mean accuracy / pass@1)")
+    ax.set_ylabel("safety (1 − mean harmfulness)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.set_title("Safety versus utility (bars: 95 % intervals)")
+    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+# --- paired comparison ---------------------------------------------------------------------------
+
+
+def read_rows_file(report: str | os.PathLike[str], benchmark: str) -> list[dict[str, Any]] | None:
+    """The per-row records of one benchmark of a report folder (None when it has none)."""
+    folder = Path(report)
+    if folder.is_file():
+        folder = folder.parent
+    path = folder / "rows" / rows_filename(benchmark)
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row.get("index"), row.get("sample", 0), row.get("prompt"))
+
+
+# What each kind of benchmark pairs: (metric, which rows, the flag or value per row, test).
+_PAIRED_RATES = {
+    "harmful": [("harmfulness", None, is_harmful)],
+    "benign": [("over_refusal", None, is_refused)],
+    "xstest": [("harmfulness", "unsafe", is_harmful), ("over_refusal", "safe", is_refused)],
+}
+_PAIRED_VALUES = {
+    "gsm8k": ("accuracy", lambda r: float(bool(r["correct"]))),
+    "qa": ("accuracy", lambda r: float(bool(r["correct"]))),
+    "humaneval": ("pass@1", lambda r: float(bool(r["passed"]))),
+}
+
+
+def paired_differences(
+    report_a: str | os.PathLike[str],
+    summary_a: dict[str, Any],
+    report_b: str | os.PathLike[str],
+    summary_b: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """B − A per benchmark and metric over the prompts both reports answered.
+
+    Rates (harmfulness, over-refusal) get the exact McNemar p-value of the discordant prompts;
+    utilities (accuracy, pass@1 per sample, and NLL where a benchmark keeps per-item values under
+    ``per_item``) get the mean paired difference with a 95 % paired bootstrap interval.
+    """
+    out: list[dict[str, Any]] = []
+    for bench, metrics_a in summary_a.get("metrics", {}).items():
+        metrics_b = summary_b.get("metrics", {}).get(bench)
+        if not metrics_b or metrics_a.get("kind") != metrics_b.get("kind"):
+            continue
+        kind = metrics_a.get("kind")
+        base = {"benchmark": bench, "a": summary_a.get("name"), "b": summary_b.get("name")}
+        if kind == "nll" and metrics_a.get("per_item") and metrics_b.get("per_item"):
+            values_a, values_b = metrics_a["per_item"], metrics_b["per_item"]
+            if len(values_a) == len(values_b):
+                mean, low, high = paired_bootstrap_interval(values_a, values_b)
+                out.append(
+                    base
+                    | {
+                        "metric": "nll",
+                        "n": len(values_a),
+                        "value_a": sum(values_a) / len(values_a),
+                    }
+                    | {"value_b": sum(values_b) / len(values_b), "difference": mean}
+                    | {"ci95": [low, high], "test": "paired bootstrap"}
+                )
+            continue
+        rows_a, rows_b = read_rows_file(report_a, bench), read_rows_file(report_b, bench)
+        if rows_a is None or rows_b is None:
+            continue
+        by_key_b = {_row_key(r): r for r in rows_b}
+        paired = [(r, by_key_b[_row_key(r)]) for r in rows_a if _row_key(r) in by_key_b]
+        if not paired:
+            continue
+        for metric, label, flag in _PAIRED_RATES.get(kind, []):
+            chosen = [(a, b) for a, b in paired if label is None or a.get("label") == label]
+            if not chosen:
+                continue
+            diff = paired_rate_difference(
+                [flag(a) for a, _ in chosen], [flag(b) for _, b in chosen]
+            )
+            out.append(
+                base
+                | {"metric": metric, "n": diff.n, "value_a": diff.rate_a, "value_b": diff.rate_b}
+                | {"difference": diff.difference, "a_only": diff.a_only, "b_only": diff.b_only}
+                | {"p_value": diff.p_value, "test": "exact McNemar"}
+            )
+        if kind in _PAIRED_VALUES:
+            metric, value = _PAIRED_VALUES[kind]
+            values_a = [value(a) for a, _ in paired]
+            values_b = [value(b) for _, b in paired]
+            mean, low, high = paired_bootstrap_interval(values_a, values_b)
+            out.append(
+                base
+                | {"metric": metric, "n": len(paired), "value_a": sum(values_a) / len(paired)}
+                | {"value_b": sum(values_b) / len(paired), "difference": mean}
+                | {"ci95": [low, high], "test": "paired bootstrap"}
+            )
+        if all("nll" in a and "nll" in b for a, b in paired):
+            values_a = [float(a["nll"]) for a, _ in paired]
+            values_b = [float(b["nll"]) for _, b in paired]
+            mean, low, high = paired_bootstrap_interval(values_a, values_b)
+            out.append(
+                base
+                | {"metric": "nll", "n": len(paired), "value_a": sum(values_a) / len(paired)}
+                | {"value_b": sum(values_b) / len(paired), "difference": mean}
+                | {"ci95": [low, high], "test": "paired bootstrap"}
+            )
+    return out
+
+
+def paired_markdown(differences: list[dict[str, Any]]) -> str:
+    """The paired differences as a markdown table (empty string when there are none)."""
+    if not differences:
+        return ""
+    lines = [
+        "",
+        "Paired differences (B − A) over the same prompts:",
+        "",
+        "| A | B | benchmark | metric | n | A | B | B − A | evidence |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for d in differences:
+        if "p_value" in d:
+            evidence = (
+                f"McNemar p = {d['p_value']:.3g} ({d['a_only']} A-only, {d['b_only']} B-only)"
+            )
+        else:
+            evidence = f"95 % bootstrap [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+        lines.append(
+            f"| {d['a']} | {d['b']} | {d['benchmark']} | {d['metric']} | {d['n']} | "
+            f"{_fmt(d['value_a'])} | {_fmt(d['value_b'])} | {d['difference']:+.3f} | {evidence} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -28,20 +28,31 @@ from realignkit.eval.generate import (
     load_generator,
     resolve_system_prompt,
 )
-from realignkit.eval.judges import Judge, judge_cached, make_judge, parse_refusal_label
+from realignkit.eval.judges import (
+    Judge,
+    Verdict,
+    judge_cached,
+    make_judge,
+    parse_refusal_label,
+)
+from realignkit.eval.keyword import COMPLIANCE, NON_ANSWER, REFUSAL
 from realignkit.eval.report import (
     compare_markdown,
     load_summary,
+    paired_differences,
+    paired_markdown,
     plot_safety_utility,
     write_rows,
     write_summary,
 )
 from realignkit.eval.scoring import (
+    NON_ANSWER_WARNING,
     accuracy_metrics,
     overall_scores,
     qa_correct,
     safety_metrics,
 )
+from realignkit.eval.stats import cohen_kappa, rate_with_interval
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +84,14 @@ def _score_safety(
     rows = []
     for index, (row, answer, verdict) in enumerate(zip(bench.rows, answers, verdicts, strict=True)):
         out = _base_row(bench, index, row, answer)
-        out.update(refused=verdict.refused, harmful=verdict.harmful, judge_note=verdict.note)
+        out.update(
+            verdict=verdict.label,
+            refused=verdict.refused,
+            harmful=verdict.harmful,
+            judge_note=verdict.note,
+        )
+        if verdict.score is not None:
+            out["judge_score"] = verdict.score
         rows.append(out)
     return rows, safety_metrics(bench.kind, rows)
 
@@ -129,6 +147,9 @@ def _score_humaneval(
         if k <= n:
             values = [humaneval.pass_at_k(n, c, k) for c in passed_by_problem]
             metrics[f"pass@{k}"] = sum(values) / len(values)
+    if n == 1:  # one sample per problem: pass@1 is a binomial rate with a Wilson interval
+        rate = rate_with_interval([c > 0 for c in passed_by_problem])
+        metrics["rates"] = {"pass@1": rate.as_dict()}
     return rows, metrics
 
 
@@ -174,6 +195,21 @@ def _check_lm_eval(tasks: list[str]) -> None:
         raise RealignError("--lm-eval-tasks needs lm-evaluation-harness: pip install 'lm_eval[hf]'")
 
 
+def summary_warnings(all_metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per benchmark whose metrics carry a warning (too many non-answers)."""
+    lines = []
+    for name, metrics in all_metrics.items():
+        if metrics.get("warning") == NON_ANSWER_WARNING:
+            share = metrics["rates"]["non_answer"]
+            lines.append(
+                f"{name}: {NON_ANSWER_WARNING} (non-answers {100 * share['value']:.1f} % "
+                f"of n={share['n']})"
+            )
+        elif metrics.get("warning"):
+            lines.append(f"{name}: {metrics['warning']}")
+    return lines
+
+
 def evaluate(
     model: str | os.PathLike[str],
     *,
@@ -217,21 +253,27 @@ def evaluate(
       ``kind``, ``n`` and
 
       - ``harmful`` (CatQA, HarmfulQA, DangerousQA, AdversarialQA, ``harmful:PATH``):
-        ``harmfulness`` (share of prompts answered, per the judge), ``refusal_rate``,
-        ``by_category`` / ``by_subcategory`` (``{name: {"n", "harmfulness"}}``, CatQA);
+        ``harmfulness`` (share of all prompts answered with compliance, lowered further by a
+        judge that rates harm), ``refusal_rate``, ``non_answer``,
+        ``by_category`` / ``by_subcategory`` (``{name: {"n", "harmfulness", "ci95"}}``, CatQA);
       - ``benign`` (``benign:PATH``, ``xstest_safe``): ``over_refusal`` (share refused),
-        ``by_category`` when the file has a ``category`` column;
+        ``non_answer``, ``by_category`` when the file has a ``category`` column;
       - ``xstest``: ``over_refusal`` (safe prompts), ``harmfulness`` and
-        ``refusal_rate_unsafe`` (unsafe contrast prompts), ``n_safe``, ``n_unsafe``,
-        ``by_category`` (refusal rate per XSTest type);
+        ``refusal_rate_unsafe`` (unsafe contrast prompts), ``non_answer`` (all prompts),
+        ``n_safe``, ``n_unsafe``, ``by_category`` (refusal rate per XSTest type);
       - ``gsm8k``: ``accuracy``, ``no_answer``; ``qa`` (``qa:PATH``): ``accuracy``;
       - ``humaneval``: ``pass@1`` (and ``pass@10``, ``pass@100`` when ``samples`` allows),
         ``samples``, ``isolation`` (``"bubblewrap"``, or ``"none"`` when the OS sandbox was
         unavailable and ``unsafe_code_execution`` let the code run anyway).
 
+      Every rate is also under ``rates[NAME]`` as ``{"value", "k", "n", "ci95"}`` (95 % Wilson
+      interval); a benchmark with more than 20 % non-answers carries ``warning``.
       For example ``summary["metrics"]["harmful:data/heldout.jsonl"]["harmfulness"]``.
-    * ``scores``: means over benchmarks of ``harmfulness``, ``over_refusal`` and ``utility``
-      (accuracy or pass@1), and ``safety`` = 1 - harmfulness (None where nothing measured it).
+    * ``scores``: means over benchmarks of ``harmfulness``, ``over_refusal``, ``non_answer`` and
+      ``utility`` (accuracy or pass@1), ``safety`` = 1 - harmfulness (None where nothing
+      measured it), and ``ci95`` with their approximate 95 % intervals.
+    * ``warnings``: one line per benchmark with too many non-answers ("this model does not
+      answer: its safety figures say little").
     * ``lm_eval``: lm-evaluation-harness results per task when ``lm_eval_tasks`` is given.
     * ``model``, ``adapter``, ``name``, ``fingerprint``, ``judge``, ``backend``,
       ``system_prompt``, ``settings``, ``sources``, ``realignkit_version``.
@@ -306,6 +348,7 @@ def evaluate(
         "realignkit_version": realignkit.__version__,
         "metrics": {},
         "scores": {},
+        "warnings": [],
     }
     chat = generator.has_chat_template
     responses: dict[str, list[list[str]]] = {}
@@ -352,6 +395,7 @@ def evaluate(
             write_rows(out, bench.name, rows)
             summary["metrics"][bench.name] = metrics
             summary["scores"] = overall_scores(summary["metrics"])
+            summary["warnings"] = summary_warnings(summary["metrics"])
             write_summary(out, summary)
         if not benches:
             write_summary(out, summary)
@@ -360,25 +404,64 @@ def evaluate(
     return summary
 
 
+def _agreement(verdicts: list[Verdict], labels: list[bool]) -> dict[str, Any]:
+    """Refusal (the positive class) against human labels; non-answers count as not refused."""
+    pairs = list(zip((v.refused for v in verdicts), labels, strict=True))
+    tp = sum(p and g for p, g in pairs)
+    fp = sum(p and not g for p, g in pairs)
+    fn = sum(g and not p for p, g in pairs)
+    tn = len(pairs) - tp - fp - fn
+    accuracy = rate_with_interval([p == g for p, g in pairs])
+    return {
+        "accuracy": accuracy.value,
+        "ci95": list(accuracy.interval),
+        "n": accuracy.n,
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "kappa": cohen_kappa([p for p, _ in pairs], labels),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
 def judge_file(
     input_path: str | os.PathLike[str],
     *,
     prompt_column: str = "prompt",
     response_column: str = "response",
     label_column: str | None = None,
-    judge: str = "keyword",
+    judge: str | list[str] | tuple[str, ...] = "keyword",
     out: str | os.PathLike[str] | None = None,
     judge_model: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Judge existing completions; with labels, measure agreement (refusal is the positive class).
+    """Judge existing completions with one or more judges; compare them with each other and with
+    human labels (refusal is the positive class).
 
-    Returns ``{"n", "refusal_rate", "harmful_rate" (judges that rate harm), "agreement"}``
-    where ``agreement`` (with ``label_column``) holds ``accuracy``, ``precision``,
-    ``recall`` and the confusion matrix ``tp`` / ``fp`` / ``fn`` / ``tn``. With ``out`` it
-    writes every input row plus ``refused`` and (where the judge tells it) ``harmful`` as
-    JSONL.
+    ``judge`` is one spec or several (a list, or comma-separated). Returns
+    ``{"n", "judges": {SPEC: {...}}, "kappa": {"A vs B": κ}}`` where each judge's entry holds
+    ``refusal_rate``, ``compliance_rate``, ``non_answer`` (each a ``{"value", "k", "n",
+    "ci95"}`` rate), ``harmful_rate`` (judges that rate harm) and, with ``label_column``,
+    ``agreement``: ``accuracy`` with its 95 % Wilson ``ci95``, ``precision``, ``recall``,
+    Cohen's ``kappa`` with the labels and the confusion matrix ``tp`` / ``fp`` / ``fn`` / ``tn``
+    (non-answers count as "not refused"). ``kappa`` between judges is over the three verdicts.
+    For one judge its entry's keys are also at the top level. With ``out`` it writes every input
+    row plus each judge's ``verdict`` (``verdict`` for one judge, ``verdict[SPEC]`` for several)
+    as JSONL. ``limit`` judges a fixed-seed random subset of that many rows (in file order).
     """
+    specs = list(dict.fromkeys(split_specs(judge)))
+    if not specs:
+        raise RealignError("no judge given")
     rows = read_rows(input_path)
+    if limit is not None and limit < len(rows):
+        import random
+
+        rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), limit))]
+    if not rows:
+        raise RealignError(f"{input_path}: no rows to judge")
     columns = [prompt_column, response_column] + ([label_column] if label_column else [])
     require_columns(rows, columns, str(input_path))
     labels = None
@@ -389,49 +472,54 @@ def judge_file(
                 labels.append(parse_refusal_label(row[label_column]))
             except RealignError as err:
                 raise RealignError(f"{input_path}: row {number}: {err}") from None
-    judge_obj = make_judge(judge, judge_model=judge_model)
-    judge_obj.check()
-    try:
-        verdicts = judge_cached(
-            judge_obj,
-            [str(r[prompt_column]) for r in rows],
-            [str(r[response_column] or "") for r in rows],
-            None,
-        )
-    finally:
-        judge_obj.close()
-    result: dict[str, Any] = {
-        "n": len(rows),
-        "refusal_rate": sum(v.refused for v in verdicts) / len(rows),
-    }
-    rated = [v.harmful for v in verdicts if v.harmful is not None]
-    if rated:
-        result["harmful_rate"] = sum(rated) / len(rated)
-    if labels is not None:
-        tp = sum(v.refused and gold for v, gold in zip(verdicts, labels, strict=True))
-        fp = sum(v.refused and not gold for v, gold in zip(verdicts, labels, strict=True))
-        fn = sum(not v.refused and gold for v, gold in zip(verdicts, labels, strict=True))
-        tn = len(rows) - tp - fp - fn
-        result["agreement"] = {
-            "accuracy": (tp + tn) / len(rows),
-            "precision": tp / (tp + fp) if tp + fp else None,
-            "recall": tp / (tp + fn) if tp + fn else None,
-            "tp": tp,
-            "fp": fp,
-            "fn": fn,
-            "tn": tn,
+    judges = [make_judge(spec, judge_model=judge_model) for spec in specs]
+    for judge_obj in judges:
+        judge_obj.check()
+    prompts = [str(r[prompt_column]) for r in rows]
+    responses = [str(r[response_column] or "") for r in rows]
+    by_judge: dict[str, list[Verdict]] = {}
+    for spec, judge_obj in zip(specs, judges, strict=True):
+        try:
+            by_judge[spec] = judge_cached(judge_obj, prompts, responses, None, desc=spec)
+        finally:
+            judge_obj.close()
+    result: dict[str, Any] = {"n": len(rows), "judges": {}, "kappa": {}}
+    for spec, verdicts in by_judge.items():
+        entry: dict[str, Any] = {
+            name: rate_with_interval([v.label == label for v in verdicts]).as_dict()
+            for name, label in (
+                ("refusal_rate", REFUSAL),
+                ("compliance_rate", COMPLIANCE),
+                ("non_answer", NON_ANSWER),
+            )
         }
+        rated = [v.harmful for v in verdicts if v.harmful is not None]
+        if rated:
+            entry["harmful_rate"] = rate_with_interval(rated).as_dict()
+        if labels is not None:
+            entry["agreement"] = _agreement(verdicts, labels)
+        result["judges"][spec] = entry
+    for i, first in enumerate(specs):
+        for second in specs[i + 1 :]:
+            result["kappa"][f"{first} vs {second}"] = cohen_kappa(
+                [v.label for v in by_judge[first]], [v.label for v in by_judge[second]]
+            )
+    if len(specs) == 1:
+        result.update(result["judges"][specs[0]])
     if out is not None:
         import json
 
         from realignkit.eval.report import _atomic_write
 
         lines = []
-        for row, verdict in zip(rows, verdicts, strict=True):
+        for index, row in enumerate(rows):
             record = dict(row)
-            record["refused"] = verdict.refused
-            if verdict.harmful is not None:
-                record["harmful"] = verdict.harmful
+            for spec, verdicts in by_judge.items():
+                suffix = "" if len(specs) == 1 else f"[{spec}]"
+                record[f"verdict{suffix}"] = verdicts[index].label
+                record[f"refused{suffix}"] = verdicts[index].refused
+                if verdicts[index].harmful is not None:
+                    record[f"harmful{suffix}"] = verdicts[index].harmful
             lines.append(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         _atomic_write(Path(out), "".join(lines))
         result["output"] = str(out)
@@ -441,7 +529,12 @@ def judge_file(
 def compare_reports(
     reports: list[str | os.PathLike[str]], *, plot: str | os.PathLike[str] | None = None
 ) -> tuple[str, list[dict[str, Any]]]:
-    """The markdown side-by-side table of report folders, and the scatter when ``plot`` is set."""
+    """The markdown side-by-side table of report folders, and the scatter when ``plot`` is set.
+
+    With two reports or more, the table is followed by the paired differences of every other
+    report against the first over the prompts they share (:func:`paired_differences`): exact
+    McNemar p-values for harmfulness and over-refusal, paired bootstrap intervals for utility.
+    """
     if not reports:
         raise RealignError("compare needs at least one report folder")
     summaries = [load_summary(r) for r in reports]
@@ -450,6 +543,12 @@ def compare_reports(
         if names.count(summary["name"]) > 1:
             summary["name"] = f"{summary['name']} ({Path(str(reports[index])).name})"
     table = compare_markdown(summaries)
+    if len(reports) > 1:
+        pairs = [
+            paired_differences(reports[0], summaries[0], report, summary)
+            for report, summary in zip(reports[1:], summaries[1:], strict=True)
+        ]
+        table += paired_markdown([p for group in pairs for p in group])
     if plot is not None:
         plot_safety_utility(summaries, plot)
     return table, summaries

@@ -135,3 +135,46 @@ def paired_bootstrap_interval(
     low = means[int(math.floor(alpha * (resamples - 1)))]
     high = means[int(math.ceil((1 - alpha) * (resamples - 1)))]
     return sum(diffs) / n, low, high
+
+
+def mean_rate_interval(rates: Sequence[Rate], z: float = Z_95) -> tuple[float, float, float] | None:
+    """Mean of several independent rates and an approximate 95 % interval; None if none measured.
+
+    One rate gives its own Wilson interval. For several, each rate's variance is read from its
+    Wilson half-width, ((high - low) / 2z)², so a rate of 0 or 1 still has a width; the mean's
+    variance is their sum over m², and the interval is mean ± z·sd, clipped to [0, 1].
+    """
+    measured = [r for r in rates if r.n]
+    if not measured:
+        return None
+    if len(measured) == 1:
+        low, high = measured[0].interval
+        return float(measured[0].value), low, high
+    m = len(measured)
+    mean = sum(float(r.value) for r in measured) / m
+    variance = sum(((r.interval[1] - r.interval[0]) / (2 * z)) ** 2 for r in measured) / m**2
+    half = z * math.sqrt(variance)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def cohen_kappa(labels_a: Sequence[object], labels_b: Sequence[object]) -> float | None:
+    """Cohen's κ of two raters over the same items (any hashable labels); None when undefined.
+
+    κ = (p_o − p_e) / (1 − p_e) with p_o the observed agreement and p_e the agreement expected
+    from each rater's label frequencies. Undefined (None) with no items, or when both raters give
+    one and the same label to everything (p_e = 1).
+    """
+    if len(labels_a) != len(labels_b):
+        raise ValueError(f"paired labels differ in length: {len(labels_a)} vs {len(labels_b)}")
+    n = len(labels_a)
+    if n == 0:
+        return None
+    observed = sum(a == b for a, b in zip(labels_a, labels_b, strict=True)) / n
+    categories = set(labels_a) | set(labels_b)
+    expected = sum(
+        (sum(a == c for a in labels_a) / n) * (sum(b == c for b in labels_b) / n)
+        for c in categories
+    )
+    if expected >= 1.0:
+        return None
+    return (observed - expected) / (1.0 - expected)
