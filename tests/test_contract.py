@@ -1,0 +1,115 @@
+"""The method contract and the executor: declarations checked once, outputs bit-identical.
+
+The digests below were computed from the code path before RESTA, DARE and the safety vector
+moved onto the executor (commit bf17f86); the executor must reproduce every byte of every
+weight file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_one_line_error, run_cli
+from tiny import build_tiny_model, perturbed_copy, save_tiny_model
+
+PINNED: dict[str, str] = {
+    "llama-sv": "07d44880845d1ce6cb96555ef7ed3615a72beaea31c3327c27166b73ce6938aa",
+    "llama-resta": "b3e804940cb20fe3b7bd7b1523973684cf19b3e9961259e5cef4ad6353572b06",
+    "llama-resta-g07-shards": "b5bb2f38201e38927e6b52d5b52c1d9ee2296cae42426f4f39af39140f8a45d5",
+    "llama-dare": "09d9d284f6c9ba4a7cb1d61c8e865adc108484493849cf0c6c56632df64d8aa7",
+    "gpt2-sv": "7e2e0a79e4d5b3512ffc33b7152ed165da92368bc117c9ea81a1d0e2a57f8493",
+    "gpt2-resta": "06f24f50d7a67868d0f6ce1bd18a7d04b2b12de1d03f184b0e305f6c44c885d0",
+    "gpt2-resta-g07-shards": "c68957dbec1158837e7e49b6282cc30d89cf849788adbdbfd3ee758ad35eec5b",
+    "gpt2-dare": "d6143d3f18e796be2b8bf1bba2c8f37d03897302f161aca259bc726f2a5a6b88",
+    "sv-lowrank": "4974fe6a7d6e9562a64aa82c4ead9f8df33ad94f6585d0ca1d62d61d86a98e37",
+    "resta-adapter-lowrank": "1572dba0bf67af627da59fd4ef34e42c77eb5e5511011c25186578594b380a06"
+}
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 of every weight file's name and bytes (and the shard index)."""
+    h = hashlib.sha256()
+    files = sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.index.json"))
+    for path in files:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def pinned_world(root: Path) -> dict[str, Path]:
+    """Llama and GPT-2 worlds (A, U, F) plus GPT-2 LoRA adapters, all from fixed seeds."""
+    from peft import LoraConfig, get_peft_model
+
+    world: dict[str, Path] = {}
+    for arch in ("llama", "gpt2"):
+        aligned = build_tiny_model(arch, seed=0)
+        world[f"{arch}-A"] = save_tiny_model(arch, root / f"{arch}-A", model=aligned)
+        world[f"{arch}-U"] = save_tiny_model(
+            arch, root / f"{arch}-U", model=perturbed_copy(aligned, seed=1)
+        )
+        world[f"{arch}-F"] = save_tiny_model(
+            arch, root / f"{arch}-F", model=perturbed_copy(aligned, seed=2)
+        )
+    aligned = build_tiny_model("gpt2", seed=0)
+    for role, seed in (("ft", 1), ("unaligned", 2)):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(
+            copy.deepcopy(aligned),
+            LoraConfig(r=4, lora_alpha=16, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True),
+        )
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in peft_model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        peft_model.save_pretrained(root / f"lora-{role}")
+        world[f"lora-{role}"] = root / f"lora-{role}"
+    return world
+
+
+def pinned_runs(root: Path, world: dict[str, Path]) -> dict[str, Path]:
+    """Every pinned CLI run; returns the output folder of each."""
+    outs: dict[str, Path] = {}
+
+    def run(key: str, args: list) -> None:
+        out = root / key
+        assert run_cli([*args, "-o", out]) == 0, key
+        outs[key] = out
+
+    for arch in ("llama", "gpt2"):
+        w = {k.split("-")[1]: v for k, v in world.items() if k.startswith(arch + "-")}
+        run(f"{arch}-sv", ["safety-vector", "--aligned", w["A"], "--unaligned", w["U"]])
+        sv = outs[f"{arch}-sv"]
+        run(f"{arch}-resta", ["resta", "--finetuned", w["F"], "--safety-vector", sv])
+        run(
+            f"{arch}-resta-g07-shards",
+            ["resta", "--finetuned", w["F"], "--safety-vector", sv, "--gamma", "0.7"]
+            + ["--max-shard-size", "50KB"],
+        )
+        run(
+            f"{arch}-dare",
+            ["resta", "--finetuned", w["F"], "--base", w["A"], "--safety-vector", sv]
+            + ["--dare", "0.3", "--seed", "5", "--include", "all"],
+        )
+    run(
+        "sv-lowrank",
+        ["safety-vector", "--aligned", world["gpt2-A"], "--unaligned-adapter"]
+        + [world["lora-unaligned"]],
+    )
+    run(
+        "resta-adapter-lowrank",
+        ["resta", "--base", world["gpt2-A"], "--adapter", world["lora-ft"]]
+        + ["--safety-vector", outs["sv-lowrank"], "--dare", "0.2"],
+    )
+    return outs
+
+
+def test_outputs_are_bit_identical_to_the_pre_contract_code(tmp_path: Path) -> None:
+    world = pinned_world(tmp_path / "world")
+    outs = pinned_runs(tmp_path, world)
+    got = {key: weights_digest(folder) for key, folder in outs.items()}
+    assert got == PINNED
