@@ -26,7 +26,7 @@ PINNED: dict[str, str] = {
     "gpt2-resta-g07-shards": "c68957dbec1158837e7e49b6282cc30d89cf849788adbdbfd3ee758ad35eec5b",
     "gpt2-dare": "d6143d3f18e796be2b8bf1bba2c8f37d03897302f161aca259bc726f2a5a6b88",
     "sv-lowrank": "4974fe6a7d6e9562a64aa82c4ead9f8df33ad94f6585d0ca1d62d61d86a98e37",
-    "resta-adapter-lowrank": "1572dba0bf67af627da59fd4ef34e42c77eb5e5511011c25186578594b380a06"
+    "resta-adapter-lowrank": "1572dba0bf67af627da59fd4ef34e42c77eb5e5511011c25186578594b380a06",
 }
 
 
@@ -113,3 +113,54 @@ def test_outputs_are_bit_identical_to_the_pre_contract_code(tmp_path: Path) -> N
     outs = pinned_runs(tmp_path, world)
     got = {key: weights_digest(folder) for key, folder in outs.items()}
     assert got == PINNED
+
+
+# -- declarations drive validation -----------------------------------------------------------
+
+
+def test_parameters_are_checked_from_their_declaration() -> None:
+    from realignkit.errors import RealignError
+    from realignkit.methods.resta import RESTA
+
+    assert RESTA.resolve({}) == {"gamma": 0.5, "dare_p": None, "seed": 0, "include": ()}
+    assert RESTA.resolve({"gamma": "0.25", "include": "all"})["gamma"] == 0.25
+    with pytest.raises(RealignError, match=r"no parameter 'gama'; its parameters: gamma, dare_p"):
+        RESTA.resolve({"gama": 0.3})
+    with pytest.raises(RealignError, match=r"^--dare must be in \[0, 1\), got 1.0$"):
+        RESTA.resolve({"dare_p": 1.0})
+    with pytest.raises(RealignError, match="must be a finite float32 number"):
+        RESTA.resolve({"gamma": float("inf")})
+    with pytest.raises(RealignError, match="must be a finite float32 number"):
+        RESTA.resolve({"gamma": "abc"})
+    with pytest.raises(RealignError, match="unknown --include value 'embedings'"):
+        RESTA.resolve({"include": ["embedings"]})
+    with pytest.raises(RealignError, match="resta.seed cannot be swept"):
+        RESTA.resolve({"seed": 3}, where="sweep config: ", sweep=True)
+
+
+@pytest.mark.parametrize(
+    ("methods", "needles"),
+    [
+        ({"resta": {"gama": [0.3, 1.0]}}, ["method 'resta' has no parameter 'gama'", "gamma"]),
+        ({"resta+dare": {"dare_p": [0.3, 1.5]}}, ["resta+dare.dare_p must be in [0, 1)", "1.5"]),
+        ({"resta": {"gamma": ["x"]}}, ["resta.gamma must be a finite float32 number"]),
+        ({"resta": {"seed": [1, 2]}}, ["resta.seed cannot be swept", "gamma"]),
+    ],
+)
+def test_sweep_grid_errors_come_from_declarations(tmp_path: Path, capsys, methods, needles) -> None:
+    """The issue's misspelt grid fails in one line before any model is built."""
+    import yaml
+
+    aligned = build_tiny_model("llama", seed=0)
+    a = save_tiny_model("llama", tmp_path / "A", model=aligned)
+    u = save_tiny_model("llama", tmp_path / "U", model=perturbed_copy(aligned, seed=1))
+    config = {
+        "models": {"aligned": str(a), "unaligned": str(u), "finetuned": str(u)},
+        "methods": methods,
+        "eval": {"safety": ["harmful:x.jsonl"], "utility": ["qa:y.jsonl"]},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    code = run_cli(["sweep", "--config", tmp_path / "sweep.yaml", "-o", tmp_path / "out"])
+    assert_one_line_error(capsys, code, *needles)
+    assert not (tmp_path / "out").exists()
