@@ -424,7 +424,7 @@ def _summary(output: Output) -> dict[str, Any]:
 # --- layer methods: the aligned model runs on the method's data, block after block -----------
 
 
-def _data_batches(
+def safety_batches(
     data: PathLike, tokenizer: Any, params: Mapping[str, Any]
 ) -> tuple[list[dict[str, torch.Tensor]], int]:
     """Chat-formatted, right-padded batches of (prompt, safe response) rows, and the tokens."""
@@ -486,7 +486,7 @@ def _run_layers(
             )
         targets[layer.name] = name
     tokenizer = load_tokenizer(aligned.dir, padding_side="right")
-    batches, tokens = _data_batches(sources.safety_data, tokenizer, params)  # type: ignore[arg-type]
+    batches, tokens = safety_batches(sources.safety_data, tokenizer, params)  # type: ignore[arg-type]
     widest = max(layer.in_features for layer in decoder_linears(model))
     if tokens < widest:
         raise RealignError(
@@ -515,7 +515,8 @@ def _run_layers(
                 writer.add(name, stored)
                 output.edited.append(name)
                 output.stats[name] = edit.stats
-                layer.set_weight(layer.to_kernel(stored))
+                if method.sequential:
+                    layer.set_weight(layer.to_kernel(stored))
 
         edit_blockwise(
             model,

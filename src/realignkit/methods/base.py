@@ -187,10 +187,11 @@ class Method:
     ``needs`` are the inputs it always reads; ``needs_when(params)`` maps the inputs that some
     settings add to the error shown when they are missing (RESTA reads the base only with
     DARE: ``{"base": "--dare needs --base, ..."}``). ``orientation`` asks the executor for
-    each weight's orientation (``WeightInputs.transposed``). ``validate(params)`` checks rules that
-    tie parameters together. ``card`` turns the final parameters into the card's method name
-    and its "Method" section. ``edits(name, ndim, params)`` says which tensors a weight method
-    edits (default: the decoder blocks' 2-D weights, plus ``include`` kinds when declared).
+    each weight's orientation (``WeightInputs.transposed``). A *layer* method that is not
+    ``sequential`` sees every layer's inputs as the unedited aligned model produces them.
+    ``validate(params)`` checks rules that tie parameters together. ``card`` turns the final
+    parameters into the card's method name and its "Method" section. A weight method edits
+    the decoder blocks' 2-D weights, plus the kinds of a declared ``include`` parameter.
     ``sweep_defaults`` are the settings the sweep's recipe starts from.
     """
 
@@ -206,6 +207,7 @@ class Method:
     validate: Callable[[Mapping[str, Any]], None] | None = None
     card: Callable[[Mapping[str, Any]], tuple[str, str]] | None = None
     orientation: bool = False
+    sequential: bool = True  # layer methods: later blocks see the edited earlier blocks
     help: str = ""  # the CLI command's help (default: the summary)
     cli: bool = True  # register a `realignkit NAME` command built from the declaration
     sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
