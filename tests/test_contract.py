@@ -164,3 +164,99 @@ def test_sweep_grid_errors_come_from_declarations(tmp_path: Path, capsys, method
     code = run_cli(["sweep", "--config", tmp_path / "sweep.yaml", "-o", tmp_path / "out"])
     assert_one_line_error(capsys, code, *needles)
     assert not (tmp_path / "out").exists()
+
+
+# -- new methods join the registry, the CLI and the sweep by their module alone --------------
+
+
+def test_declared_methods_join_registry_cli_and_sweep(tmp_path: Path, capsys) -> None:
+    import json
+
+    from realignkit.cli.app import app
+    from realignkit.methods.registry import load_all, load_methods
+    from realignkit.sweep import run_sweep
+
+    recipes, methods = load_all(), load_methods()
+    assert {"resta", "resta+dare", "safedelta", "safemerge"} <= set(methods) <= set(recipes)
+    commands = {c.name for c in app.registered_commands}
+    assert {"resta", "safedelta", "safemerge"} <= commands and "resta+dare" not in commands
+
+    pretrained = build_tiny_model("llama", seed=0)
+    aligned = perturbed_copy(pretrained, seed=1, scale=0.02)
+    root = tmp_path / "world"
+    models = {
+        "pretrained": save_tiny_model("llama", root / "P", model=pretrained),
+        "aligned": save_tiny_model("llama", root / "A", model=aligned),
+        "unaligned": save_tiny_model("llama", root / "U", model=perturbed_copy(aligned, seed=2)),
+        "finetuned": save_tiny_model("llama", root / "F", model=perturbed_copy(aligned, seed=3)),
+        "safety_model": save_tiny_model("llama", root / "S", model=perturbed_copy(aligned, seed=4)),
+    }
+    rows = [
+        {"prompt": f"How do I do harm number {i}?", "response": "I cannot help."} for i in range(12)
+    ]
+    (root / "safe.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    config = {
+        "models": {k: str(v) for k, v in models.items()},
+        "data": {"harmful": str(root / "safe.jsonl")},
+        "methods": {
+            "resta+dare": {"gamma": 0.5},
+            "safemerge": {"threshold": [0.2, 1.0], "merge": "ties"},
+            "safedelta": {"budget": [0.0, 1e30], "selection": "paper"},
+        },
+        "baselines": [],
+        "eval": {"safety": ["harmful:x"], "utility": ["qa:y"]},
+    }
+    seen = {}
+
+    def fake_evaluate(model, *, adapter, out_dir, name, cache_dir, safety, utility):
+        seen[name] = model
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return {"scores": {"harmfulness": 0.5, "utility": 0.5}, "metrics": {}}
+
+    result = run_sweep(config, tmp_path / "out", evaluate_fn=fake_evaluate)
+    assert result.built == 5 and sorted(seen) == sorted(result.ids)
+    from helpers import load_folder_tensors
+
+    f = load_folder_tensors(models["finetuned"])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    every = load_folder_tensors(
+        tmp_path / "out" / "variants" / "safedelta-budget=1e+30-selection=paper"
+    )
+    assert torch.equal(every[name], f[name])  # an unlimited budget keeps the whole fine-tune
+    dare = json.loads(
+        (tmp_path / "out" / "variants" / "resta+dare-gamma=0.5" / "realignkit.json").read_text()
+    )
+    assert dare["parameters"]["dare_p"] == 0.3  # the recipe's declared starting point
+    assert set(dare["inputs"]) == {"finetuned", "base", "safety_vector"}
+
+    # a declared input the config lacks is named before any work
+    del config["models"]["safety_model"]
+    from realignkit.errors import RealignError
+
+    with pytest.raises(RealignError, match="method 'safemerge' needs models.safety_model"):
+        run_sweep(config, tmp_path / "out2", evaluate_fn=fake_evaluate)
+
+
+def test_every_output_carries_one_metadata_schema(tmp_path: Path) -> None:
+    import json
+
+    aligned = build_tiny_model("gpt2", seed=0)
+    a = save_tiny_model("gpt2", tmp_path / "A", model=aligned)
+    u = save_tiny_model("gpt2", tmp_path / "U", model=perturbed_copy(aligned, seed=1))
+    f = save_tiny_model("gpt2", tmp_path / "F", model=perturbed_copy(aligned, seed=2))
+    assert run_cli(["safety-vector", "--aligned", a, "--unaligned", u, "-o", tmp_path / "sv"]) == 0
+    out = tmp_path / "out"
+    assert run_cli(["resta", "--finetuned", f, "--safety-vector", tmp_path / "sv", "-o", out]) == 0
+    meta = json.loads((out / "realignkit.json").read_text())
+    assert set(meta) == {
+        "format", "schema", "method", "method_version", "realignkit_version", "parameters",
+        "inputs", "summary", "edited", "copied", "weights",
+    }  # fmt: skip
+    assert meta["method"] == "resta" and meta["parameters"]["gamma"] == 0.5
+    assert meta["edited"] == 8 and meta["copied"] == 20
+    fingerprints = {k: v["fingerprint"] for k, v in meta["inputs"].items()}
+    assert set(fingerprints) == {"finetuned", "safety_vector"}
+    # fingerprints tell two fine-tunes of one model apart (same names, shapes and sizes)
+    from realignkit.checkpoint.fingerprint import fingerprint
+
+    assert fingerprint(f) == fingerprints["finetuned"] != fingerprint(u)
