@@ -243,3 +243,38 @@ def test_bad_safety_data_and_parameters(tmp_path: Path, capsys) -> None:
         "--selection must be one of paper, official",
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_finetune_through_base_and_adapter(tmp_path: Path) -> None:
+    """--base/--adapter gives the model --finetuned gives for the merged adapter."""
+    import copy
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    world = make_world(tmp_path / "world", "qwen2")
+    aligned = build_tiny_model("qwen2", seed=0)
+    peft_model = get_peft_model(
+        copy.deepcopy(aligned), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"])
+    )
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+    peft_model.save_pretrained(tmp_path / "lora")
+    merged = PeftModel.from_pretrained(copy.deepcopy(aligned), tmp_path / "lora").merge_and_unload()
+    merged_dir = save_tiny_model("qwen2", tmp_path / "merged", model=merged)
+    common = ["--aligned", world["A"], "--safety-data", world["D"], "--budget", "3e3"]
+    common += ["--device", "cpu"]
+    assert (
+        run_cli(
+            ["safedelta", "--base", world["A"], "--adapter", tmp_path / "lora", *common]
+            + ["-o", tmp_path / "o1"]
+        )
+        == 0
+    )
+    assert run_cli(["safedelta", "--finetuned", merged_dir, *common, "-o", tmp_path / "o2"]) == 0
+    one, two = load_folder_tensors(tmp_path / "o1"), load_folder_tensors(tmp_path / "o2")
+    assert sorted(one) == sorted(two)
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -25,7 +25,13 @@ _EXPORTS = {
     "LoraAdapter": "realignkit.checkpoint",
     "compute_safety_vector": "realignkit.methods.safety_vector",  # safety-vector
     "SafetyVector": "realignkit.methods.safety_vector",
-    "resta": "realignkit.methods.resta",  # resta
+    "resta": "realignkit.api",  # resta
+    "safedelta": "realignkit.api",  # safedelta
+    "safemerge": "realignkit.api",  # safemerge
+    "realign": "realignkit.api",  # any declared method
+    "execute": "realignkit.execute",
+    "Method": "realignkit.methods.base",
+    "METHODS": "realignkit.methods.registry",
     "compute_fisher": "realignkit.calib.fisher",  # fisher
     "FisherScores": "realignkit.calib.fisher",
     "irr": "realignkit.methods.irr",  # irr

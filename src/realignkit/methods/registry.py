@@ -13,6 +13,9 @@ A recipe takes a :class:`RealignJob` (all the inputs any method may need; each u
 needs) and an output folder, and returns where the re-aligned model is. ``params`` lets a
 sweep pass a method's hyper-parameters (for example ``{"gamma": 0.3}``); recipes fall back
 to the papers' defaults.
+
+Layers: ``methods/base.py`` (the contract) < the method modules < ``execute.py`` < this
+registry < sweep, demo, CLI. (IRR and Safe LoRA still register hand-written recipes here.)
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from realignkit.execute import Sources, execute
 from realignkit.methods.base import Method
 
 NOT_METHODS = ("base", "registry")
@@ -76,8 +80,6 @@ def declared_recipe(method: Method) -> Recipe:
     """The recipe of a declared method: the job's inputs to the executor's sources."""
 
     def run(job: RealignJob, out: Path) -> Realigned:
-        from realignkit.execute import Sources, execute
-
         values = {**method.sweep_defaults, **job.params}
         if any(p.name == "seed" for p in method.params):
             values.setdefault("seed", job.seed)

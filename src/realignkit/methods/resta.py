@@ -17,9 +17,8 @@ one output shard, whatever the model size.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -159,48 +158,3 @@ RESTA = Method(
 )
 # The sweep's "resta+dare": the same method, starting from the paper's p = 0.3.
 RESTA_DARE = replace(RESTA, name="resta+dare", cli=False, sweep_defaults={"dare_p": 0.3})
-
-
-@dataclass
-class RestaResult:
-    """What :func:`resta` wrote."""
-
-    path: Path
-    edited: list[str] = field(default_factory=list)
-    copied: list[str] = field(default_factory=list)
-
-
-def resta(
-    finetuned: Any,
-    safety_vector: Any,
-    out: PathLike,
-    *,
-    gamma: float = 0.5,
-    dare_p: float | None = None,
-    seed: int = 0,
-    include: Iterable[str] | str | None = None,
-    overwrite: bool = False,
-    max_shard_size: str | int = "1GB",
-    workers: int = 2,
-) -> RestaResult:
-    """Write θ_F + γ·v (optionally with DARE on the fine-tuning delta) as a model folder.
-
-    ``finetuned`` is a :class:`~realignkit.checkpoint.FinetunedWeights` or a model path,
-    ``safety_vector`` a :class:`SafetyVector` or its folder.
-    """
-    from realignkit.execute import Sources, execute, sources_of
-
-    sources = sources_of(finetuned) if not isinstance(finetuned, (str, os.PathLike)) else None
-    sources = sources or Sources(finetuned=finetuned)
-    sources.safety_vector = getattr(safety_vector, "dir", safety_vector)
-    params = {"gamma": gamma, "dare_p": dare_p, "seed": seed, "include": include or ()}
-    output = execute(
-        RESTA,
-        sources,
-        out,
-        params,
-        overwrite=overwrite,
-        max_shard_size=max_shard_size,
-        workers=workers,
-    )
-    return RestaResult(output.path, output.edited, output.copied)
