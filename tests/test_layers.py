@@ -27,7 +27,7 @@ LAYERS = [
     ],
     ["execute"],
     ["methods.registry"],
-    ["api", "sweep", "cli"],
+    ["api", "sweep", "tuning", "cli"],
 ]
 def layer_of(module: str) -> int | None:
     best = None

@@ -29,7 +29,6 @@ _EXPORTS = {
     "safedelta": "realignkit.api",  # safedelta
     "safemerge": "realignkit.api",  # safemerge
     "realign": "realignkit.api",  # any declared method
-    "execute": "realignkit.execute",
     "Method": "realignkit.methods.base",
     "METHODS": "realignkit.methods.registry",
     "compute_fisher": "realignkit.calib.fisher",  # fisher
@@ -44,6 +43,7 @@ _EXPORTS = {
     "finetune": "realignkit.train.finetune",  # finetune
     "unalign": "realignkit.train.finetune",  # unalign
     "run_sweep": "realignkit.sweep",  # sweep
+    "tune": "realignkit.tuning",  # tune
     "RECIPES": "realignkit.methods.registry",
     "load_recipes": "realignkit.methods.registry",
 }

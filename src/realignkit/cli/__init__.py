@@ -19,6 +19,7 @@ from realignkit.cli import methods as _methods  # noqa: E402  every declared met
 from realignkit.cli import safelora as _safelora  # noqa: E402,F401  safelora
 from realignkit.cli import sweep as _sweep  # noqa: E402,F401  sweep
 from realignkit.cli import train as _train  # noqa: E402,F401  finetune, unalign
+from realignkit.cli import tune as _tune  # noqa: E402,F401  tune
 from realignkit.cli.app import app
 from realignkit.errors import RealignError
 

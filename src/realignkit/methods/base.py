@@ -65,6 +65,9 @@ class Param:
     sweepable: bool = True
     optional: bool = False  # None is a valid value (meaning "off" or "derive it")
     multiple: bool = False  # a list of values (a repeatable CLI option)
+    # A strength: which way is safer ("higher" / "lower") and where `tune` searches.
+    safer: str | None = None
+    search: tuple[float, float] | None = None
 
     @property
     def option(self) -> str:

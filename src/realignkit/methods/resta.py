@@ -77,6 +77,8 @@ PARAMS = (
         open_low=True,
         open_high=True,
         rule="a finite float32 number",
+        safer="higher",
+        search=(0.0, 2.0),
     ),
     Param(
         "dare_p",

@@ -43,6 +43,8 @@ PARAMS = (
         "s: the safety-cost budget ε = s · (rows/4096)·(cols/4096) · mean unit cost per layer "
         "(official: per block); 0 keeps nothing of the fine-tune.",
         low=0.0,
+        safer="lower",
+        search=(0.0, 1.0),
     ),
     Param("selection", str, "official", "Which reading of Safe Delta.", choices=SELECTIONS),
     Param(

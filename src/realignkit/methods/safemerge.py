@@ -36,6 +36,8 @@ PARAMS = (
         "Merge the layers whose cosine similarity ρ = cos(C·ΔF, ΔF) is below τ.",
         low=-1.0,
         high=1.0,
+        safer="higher",
+        search=(-1.0, 1.0),
     ),
     Param("merge", str, "linear", "How a selected layer is merged.", choices=MERGES),
     Param(
@@ -45,6 +47,8 @@ PARAMS = (
         "α: the fine-tune's share in a merged layer (the safety fine-tune gets 1 − α).",
         low=0.0,
         high=1.0,
+        safer="lower",
+        search=(0.0, 1.0),
     ),
     Param(
         "density",
