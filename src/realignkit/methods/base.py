@@ -195,7 +195,8 @@ class Method:
     ``validate(params)`` checks rules that tie parameters together. ``card`` turns the final
     parameters into the card's method name and its "Method" section. A weight method edits
     the decoder blocks' 2-D weights, plus the kinds of a declared ``include`` parameter.
-    ``sweep_defaults`` are the settings the sweep's recipe starts from.
+    ``sweep_defaults`` are the settings the sweep's recipe starts from; ``sweep_grid`` is the
+    grid a demo sweeps when nobody chose one.
     """
 
     name: str
@@ -214,6 +215,7 @@ class Method:
     help: str = ""  # the CLI command's help (default: the summary)
     cli: bool = True  # register a `realignkit NAME` command built from the declaration
     sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
+    sweep_grid: Mapping[str, Any] = field(default_factory=dict)  # the demo's default grid
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

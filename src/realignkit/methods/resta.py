@@ -156,7 +156,14 @@ RESTA = Method(
     edit_weight=edit_weight,
     needs_when=_needs_when,
     card=_card,
+    sweep_grid={"gamma": [0.25, 0.5, 1.0, 1.5]},
     validate=lambda params: parse_include(params["include"]) and None,
 )
 # The sweep's "resta+dare": the same method, starting from the paper's p = 0.3.
-RESTA_DARE = replace(RESTA, name="resta+dare", cli=False, sweep_defaults={"dare_p": 0.3})
+RESTA_DARE = replace(
+    RESTA,
+    name="resta+dare",
+    cli=False,
+    sweep_defaults={"dare_p": 0.3},
+    sweep_grid={"gamma": 0.5, "dare_p": [0.1, 0.3, 0.5]},
+)

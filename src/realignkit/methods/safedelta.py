@@ -171,4 +171,5 @@ SAFEDELTA = Method(
     edit_layer=edit_layer,
     sequential=False,
     card=_card,
+    sweep_grid={"budget": [0.02, 0.1, 0.5]},
 )

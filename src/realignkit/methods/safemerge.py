@@ -127,4 +127,5 @@ SAFEMERGE = Method(
     edit_weight=edit_weight,
     orientation=True,
     card=_card,
+    sweep_grid={"threshold": [0.3, 0.5, 0.7]},
 )
