@@ -31,7 +31,12 @@ from typing import Any
 import torch
 
 from realignkit.methods.base import DATA_PARAMS, Edit, LayerInputs, Method, Param
-from realignkit.ops.obs import obs_recalibrate, prepare_hessian, upper_cholesky_of_inverse
+from realignkit.ops.obs import (
+    obs_recalibrate,
+    output_error,
+    prepare_hessian,
+    upper_cholesky_of_inverse,
+)
 from realignkit.ops.safedelta import SELECTIONS, select_official_block, select_paper
 
 OFFICIAL_EXCLUDE = 0.15
@@ -130,11 +135,16 @@ def edit_layer(given: LayerInputs, params: Mapping[str, Any]) -> Edit:
                     chosen.keep, finetuned[:, start:end], current[:, start:end]
                 )
         result = current
+    raw = given.hessian.to(aligned.dtype)
     stats = {
         "entries": keep.numel(),
         "kept": int(keep.sum()),
         "safety_cost": spent,
         "budget": budget,
+        # mean squared change of the layer's outputs on the safety data, from the aligned layer
+        "output_error_finetuned": output_error(finetuned - aligned, raw),
+        "output_error_reset": output_error(torch.where(keep, finetuned, aligned) - aligned, raw),
+        "output_error": output_error(result - aligned, raw),
     }
     return Edit(result, stats)
 
