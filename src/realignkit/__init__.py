@@ -30,7 +30,7 @@ _EXPORTS = {
     "safemerge": "realignkit.api",  # safemerge
     "realign": "realignkit.api",  # any declared method
     "Method": "realignkit.methods.base",
-    "METHODS": "realignkit.methods.registry",
+    "load_methods": "realignkit.methods.registry",
     "compute_fisher": "realignkit.calib.fisher",  # fisher
     "FisherScores": "realignkit.calib.fisher",
     "irr": "realignkit.methods.irr",  # irr

@@ -469,12 +469,13 @@ def _run_layers(
 ) -> Output:
     from realignkit.calib.blocks import decoder_linears
     from realignkit.calib.hessian import edit_blockwise
-    from realignkit.modeling import default_device, load_causal_lm, load_tokenizer
+    from realignkit.modeling import default_device, default_dtype, load_causal_lm, load_tokenizer
 
     weights, aligned = opened.weights, opened.readers["aligned"]
     check_same_layout(weights, aligned)
     compute = torch.device(device) if device is not None else default_device()
-    model = load_causal_lm(aligned.dir, dtype=torch.float32, device="cpu")
+    # bf16 activations on accelerators (Hessians still accumulate in fp32), fp32 on the CPU
+    model = load_causal_lm(aligned.dir, dtype=default_dtype(compute), device="cpu")
     prefix = getattr(model, "base_model_prefix", "")
     targets: dict[str, str] = {}  # module name → checkpoint tensor name
     for layer in decoder_linears(model):
