@@ -29,6 +29,8 @@ LAYERS = [
     ["methods.registry"],
     ["api", "sweep", "tuning", "cli"],
 ]
+
+
 def layer_of(module: str) -> int | None:
     best = None
     for index, members in enumerate(LAYERS):
