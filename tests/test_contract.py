@@ -260,3 +260,34 @@ def test_every_output_carries_one_metadata_schema(tmp_path: Path) -> None:
     from realignkit.checkpoint.fingerprint import fingerprint
 
     assert fingerprint(f) == fingerprints["finetuned"] != fingerprint(u)
+
+
+def test_cli_options_come_from_declarations(capsys) -> None:
+    """Every declared parameter is an option of its command, with its help and range."""
+    from realignkit.methods.registry import load_methods
+
+    for method in load_methods().values():
+        if not method.cli:
+            continue
+        capsys.readouterr()
+        assert run_cli([method.name, "--help"]) == 0
+        import re
+
+        text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", capsys.readouterr().out).split())
+        for param in method.params:
+            assert param.option in text, (method.name, param.option)
+            assert " ".join(param.help.split()[:4]) in text, (method.name, param.name)
+
+
+def test_a_new_method_needs_no_edit_outside_its_module() -> None:
+    """SafeMERGE and Safe Delta are named nowhere in the registry, executor, sweep or CLI."""
+    import re
+
+    import realignkit
+
+    package = Path(realignkit.__file__).parent
+    shared = [package / "execute.py", package / "sweep.py", package / "methods" / "registry.py"]
+    shared += sorted((package / "cli").glob("*.py"))
+    for path in shared:
+        text = path.read_text().lower()
+        assert not re.search(r"\bsafe ?(merge|delta)\b", text), path.name

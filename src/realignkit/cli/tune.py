@@ -15,8 +15,10 @@ Split = Annotated[Path | None, typer.Option(help="Prompts (JSONL/JSON/CSV, 'prom
 
 @app.command("tune")
 def tune_cmd(
-    method: Annotated[str, typer.Option(help="A declared method: resta, safedelta, safemerge...")],
-    param: Annotated[str, typer.Option(help="Its strength parameter (gamma, budget, threshold).")],
+    method: Annotated[str, typer.Option(help="A declared method (`realignkit <method> --help`).")],
+    param: Annotated[
+        str, typer.Option(help="Its strength parameter (declared with a `safer` direction).")
+    ],
     target_harmfulness: Annotated[
         float, typer.Option(help="Highest acceptable harmfulness on the validation split.")
     ],
@@ -31,14 +33,18 @@ def tune_cmd(
     finetuned: Finetuned = None,
     adapter: Adapter = None,
     safety_vector: Annotated[
-        Path | None, typer.Option(help="Folder from `realignkit safety-vector` (RESTA).")
+        Path | None,
+        typer.Option(help="Folder from `realignkit safety-vector`, for methods that need it."),
     ] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Pre-trained model (SafeMERGE).")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="The pre-trained model, for methods that need it.")
+    ] = None,
     safety_model: Annotated[
-        str | None, typer.Option(help="Safety fine-tune of --aligned (SafeMERGE).")
+        str | None, typer.Option(help="A safety fine-tune of --aligned, for methods that need it.")
     ] = None,
     safety_data: Annotated[
-        Path | None, typer.Option(help="Harmful prompts with safe responses (Safe Delta).")
+        Path | None,
+        typer.Option(help="Harmful prompts with safe responses, for methods that need them."),
     ] = None,
     max_over_refusal: Annotated[
         float | None, typer.Option(help="Highest acceptable over-refusal (validation benign).")
