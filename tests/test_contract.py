@@ -132,7 +132,7 @@ def test_parameters_are_checked_from_their_declaration() -> None:
         RESTA.resolve({"gamma": float("inf")})
     with pytest.raises(RealignError, match="must be a finite float32 number"):
         RESTA.resolve({"gamma": "abc"})
-    with pytest.raises(RealignError, match="unknown --include value 'embedings'"):
+    with pytest.raises(RealignError, match="--include: unknown tensor kind 'embedings'"):
         RESTA.resolve({"include": ["embedings"]})
     with pytest.raises(RealignError, match="resta.seed cannot be swept"):
         RESTA.resolve({"seed": 3}, where="sweep config: ", sweep=True)

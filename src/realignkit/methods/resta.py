@@ -128,6 +128,13 @@ def _needs_when(params: Mapping[str, Any]) -> dict[str, str]:
     return {}
 
 
+def _check_include(params: Mapping[str, Any]) -> None:
+    try:
+        parse_include(params["include"])
+    except ValueError as err:
+        raise RealignError(f"--include: {err}") from err
+
+
 def _card(params: Mapping[str, Any]) -> tuple[str, str]:
     drop = _drop_rate(params)
     body = (
@@ -157,7 +164,7 @@ RESTA = Method(
     needs_when=_needs_when,
     card=_card,
     sweep_grid={"gamma": [0.25, 0.5, 1.0, 1.5]},
-    validate=lambda params: parse_include(params["include"]) and None,
+    validate=_check_include,
 )
 # The sweep's "resta+dare": the same method, starting from the paper's p = 0.3.
 RESTA_DARE = replace(
