@@ -143,3 +143,49 @@ def test_bad_inputs_and_parameters(tmp_path: Path, capsys) -> None:
     )
     assert_one_line_error(capsys, code, "same in the aligned and the pre-trained model")
     assert not (tmp_path / "out").exists()
+
+
+def test_lora_finetune_and_lora_safety_finetune(tmp_path: Path) -> None:
+    """--base/--adapter and --safety-adapter give the model their merged checkpoints give."""
+    import copy
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    pretrained = build_tiny_model("mistral", seed=0)
+    aligned = perturbed_copy(pretrained, seed=1, scale=0.02)
+    world = {
+        "P": save_tiny_model("mistral", tmp_path / "P", model=pretrained),
+        "A": save_tiny_model("mistral", tmp_path / "A", model=aligned),
+    }
+    for role, seed in (("ft", 2), ("safe", 3)):
+        peft_model = get_peft_model(
+            copy.deepcopy(aligned), LoraConfig(r=4, lora_alpha=8, target_modules=["v_proj"])
+        )
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(0.2 * torch.randn(param.shape, generator=gen))
+        peft_model.save_pretrained(tmp_path / role)
+        merged = PeftModel.from_pretrained(copy.deepcopy(aligned), tmp_path / role)
+        save_tiny_model("mistral", tmp_path / f"{role}-merged", model=merged.merge_and_unload())
+    common = ["--aligned", world["A"], "--pretrained", world["P"], "--threshold", "1"]
+    assert (
+        run_cli(
+            ["safemerge", "--base", world["A"], "--adapter", tmp_path / "ft"]
+            + ["--safety-adapter", tmp_path / "safe", *common, "-o", tmp_path / "o1"]
+        )
+        == 0
+    )
+    assert (
+        run_cli(
+            ["safemerge", "--finetuned", tmp_path / "ft-merged"]
+            + ["--safety-model", tmp_path / "safe-merged", *common, "-o", tmp_path / "o2"]
+        )
+        == 0
+    )
+    one, two = load_folder_tensors(tmp_path / "o1"), load_folder_tensors(tmp_path / "o2")
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-5, atol=1e-6, msg=name)
+    meta = json.loads((tmp_path / "o1" / "realignkit.json").read_text())
+    assert {"base", "adapter", "safety_base", "safety_adapter"} <= set(meta["inputs"])
