@@ -291,3 +291,49 @@ def test_a_new_method_needs_no_edit_outside_its_module() -> None:
     for path in shared:
         text = path.read_text().lower()
         assert not re.search(r"\bsafe ?(merge|delta)\b", text), path.name
+
+
+# Safe LoRA (full fine-tunes) moved onto the executor later: its tensors (names, dtypes, shapes,
+# bytes) are pinned from the hand-written pipeline. The files' bytes differ: the old pipeline
+# wrote unplanned shards, the executor writes planned ones (same tensors, other layout).
+PINNED_SAFELORA_TENSORS = {
+    "llama-safelora-full": "a77c739afba67463b25978d0b9d8d95386c3a48d1b3f82b79be06bbf6e48146f",
+    "gpt2-safelora-full": "337bf60abd5fe9d48008cfcc5d9b6468e0fc770fe8d88ce2c042dca9f6259d6b",
+    "qwen2-safelora-full": "50958a6733ba4d817987ab735149d946988c102a9d15593d575b6fc54bac620d",
+}
+
+
+def tensors_digest(folder: Path) -> str:
+    from helpers import load_folder_tensors
+
+    h = hashlib.sha256()
+    tensors = load_folder_tensors(folder)
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("arch", "option", "projected"),
+    [("llama", ["--num-layers", "5"], 5), ("gpt2", ["--threshold", "0.5"], 2),
+     ("qwen2", ["--threshold", "0.7"], 6)],
+)  # fmt: skip
+def test_safelora_full_is_bit_identical_on_the_executor(tmp_path, arch, option, projected):
+    import json
+
+    pretrained = build_tiny_model(arch, seed=0)
+    aligned = perturbed_copy(pretrained, seed=1, scale=0.02)
+    p = save_tiny_model(arch, tmp_path / "P", model=pretrained)
+    a = save_tiny_model(arch, tmp_path / "A", model=aligned)
+    f = save_tiny_model(arch, tmp_path / "F", model=perturbed_copy(aligned, seed=2))
+    out = tmp_path / "out"
+    args = ["safelora", "--full", "--finetuned", f, "--aligned", a, "--pretrained", p, *option]
+    assert run_cli([*args, "--max-shard-size", "40KB", "-o", out]) == 0
+    assert tensors_digest(out) == PINNED_SAFELORA_TENSORS[f"{arch}-safelora-full"]
+    layers = json.loads((out / "safelora.json").read_text())["layers"]
+    assert sum(layer["projected"] for layer in layers) == projected
+    assert json.loads((out / "realignkit.json").read_text())["method"] == "safelora-full"

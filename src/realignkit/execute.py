@@ -277,7 +277,7 @@ def _card_and_meta(
     """One model card and one ``realignkit.json``, the same shape for every method."""
     from realignkit import __version__
 
-    title, body = method.card(params) if method.card else (method.name, "")
+    title, body = method.card(params, output.stats) if method.card else (method.name, "")
     kinds = sorted({tensor_kind(n, 2) for n in output.edited})
     settings = {p.name: _plain(params[p.name]) for p in method.params}
     settings.update({k: v for k, v in extra.items()})
@@ -309,6 +309,9 @@ def _card_and_meta(
         "weights": output.stats,
     }
     writer.write_json(META_FILE, output.meta)
+    if method.extra_meta is not None:
+        for filename, content in method.extra_meta(params, output).items():
+            writer.write_json(filename, content)
 
 
 def _plain(value: Any) -> Any:
@@ -359,25 +362,26 @@ def _run_weights(
     workers: int,
 ) -> Output:
     weights = opened.weights
-    selected = [
-        n
-        for n in weights.names
-        if default_edits(n, len(weights.shape(n)), weights.dtype(n).is_floating_point, params)
-    ]
+    orientation = linear_orientations(weights) if method.orientation else {}
+    if method.targets == "linears":
+        orientation = orientation or linear_orientations(weights)
+        selected = [n for n in weights.names if n in orientation]
+    else:
+        selected = [
+            n
+            for n in weights.names
+            if default_edits(n, len(weights.shape(n)), weights.dtype(n).is_floating_point, params)
+        ]
     if not selected:
         raise RealignError("no tensor of the fine-tuned model is selected for editing")
     _validate_weight_inputs(opened, selected)
-    orientation = linear_orientations(weights) if method.orientation else {}
     selected_set = set(selected)
     sv, readers = opened.safety_vector, opened.readers
     assert method.edit_weight is not None
     edit_weight = method.edit_weight
 
-    def realign(name: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        theta_f = weights.get(name)
-        if name not in selected_set:
-            return theta_f, None
-        given = WeightInputs(
+    def inputs_of(name: str, theta_f: torch.Tensor) -> WeightInputs:
+        return WeightInputs(
             name,
             theta_f,
             base=weights.get_base(name) if "base" in needed else None,
@@ -385,6 +389,30 @@ def _run_weights(
             transposed=orientation.get(name, False),
             **{role: reader.get(name) for role, reader in readers.items()},
         )
+
+    scores: dict[str, float] = {}
+    chosen: set[str] | None = None
+    if method.scan is not None and method.scan_when(params):
+        # First pass: a score per edited weight (nothing kept), then one global choice.
+        scan = method.scan
+        for name, score in map_ordered(
+            lambda n: scan(inputs_of(n, weights.get(n)), params),
+            selected,
+            workers=workers,
+            desc=f"{method.name} (scores)",
+            weights=weights.nbytes,
+        ):
+            scores[name] = score
+        assert method.choose is not None
+        chosen = method.choose(scores, params)
+
+    def realign(name: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        theta_f = weights.get(name)
+        if name not in selected_set:
+            return theta_f, None
+        given = inputs_of(name, theta_f)
+        if chosen is not None:
+            given.score, given.chosen = scores[name], name in chosen
         edit = edit_weight(given, params)
         return _checked(name, edit, theta_f), edit.stats
 

@@ -150,6 +150,9 @@ class WeightInputs:
     pretrained: torch.Tensor | None = None
     safety_finetune: torch.Tensor | None = None
     transposed: bool = False
+    # methods with a first pass (``scan``/``choose``): this weight's score and the verdict
+    score: float | None = None
+    chosen: bool | None = None
 
 
 @dataclass
@@ -192,9 +195,13 @@ class Method:
     DARE: ``{"base": "--dare needs --base, ..."}``). ``orientation`` asks the executor for
     each weight's orientation (``WeightInputs.transposed``). A *layer* method that is not
     ``sequential`` sees every layer's inputs as the unedited aligned model produces them.
-    ``validate(params)`` checks rules that tie parameters together. ``card`` turns the final
-    parameters into the card's method name and its "Method" section. A weight method edits
-    the decoder blocks' 2-D weights, plus the kinds of a declared ``include`` parameter.
+    ``validate(params)`` checks rules that tie parameters together. ``card(params, stats)``
+    gives the card's method name and its "Method" section. A weight method with ``scan`` gets
+    a first streaming pass: ``scan`` scores every edited weight, ``choose(scores, params)``
+    picks the names to edit (a global ranking), and the second pass sees ``score``/``chosen``.
+    ``extra_meta(params, output)`` adds method-specific JSON files ``{filename: object}``.
+    A weight method edits the decoder blocks' 2-D weights, plus the kinds of a declared
+    ``include`` parameter (``targets="linears"``: their linear layers only).
     ``sweep_defaults`` are the settings the sweep's recipe starts from; ``sweep_grid`` is the
     grid a demo sweeps when nobody chose one.
     """
@@ -209,7 +216,13 @@ class Method:
     edit_layer: EditLayer | None = None
     needs_when: Callable[[Mapping[str, Any]], Mapping[str, str]] = _always
     validate: Callable[[Mapping[str, Any]], None] | None = None
-    card: Callable[[Mapping[str, Any]], tuple[str, str]] | None = None
+    card: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[str, str]] | None = None
+    scan: Callable[[WeightInputs, Mapping[str, Any]], float] | None = None
+    choose: Callable[[Mapping[str, float], Mapping[str, Any]], set[str]] | None = None
+    scan_when: Callable[[Mapping[str, Any]], bool] = lambda _params: True
+    extra_meta: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
+    targets: str = "block_weights"  # or "linears": the decoder blocks' linear layers only
+    recipe: bool = True  # a registry recipe (the sweep, the demo)
     orientation: bool = False
     sequential: bool = True  # layer methods: later blocks see the edited earlier blocks
     help: str = ""  # the CLI command's help (default: the summary)

@@ -128,7 +128,7 @@ def load_all() -> dict[str, Recipe]:
     for name in method_modules():
         module = importlib.import_module(name)
         for value in vars(module).values():
-            if isinstance(value, Method) and value.name not in METHODS:
+            if isinstance(value, Method) and value.recipe and value.name not in METHODS:
                 register_method(value)
     return RECIPES
 

@@ -135,7 +135,7 @@ def _check_include(params: Mapping[str, Any]) -> None:
         raise RealignError(f"--include: {err}") from err
 
 
-def _card(params: Mapping[str, Any]) -> tuple[str, str]:
+def _card(params: Mapping[str, Any], _stats: Mapping[str, Any]) -> tuple[str, str]:
     drop = _drop_rate(params)
     body = (
         "## Method\n\nRESTA: θ = θ_F + γ·v with the safety vector v = θ_aligned − θ_unaligned"

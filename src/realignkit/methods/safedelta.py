@@ -149,7 +149,7 @@ def edit_layer(given: LayerInputs, params: Mapping[str, Any]) -> Edit:
     return Edit(result, stats)
 
 
-def _card(params: Mapping[str, Any]) -> tuple[str, str]:
+def _card(params: Mapping[str, Any], _stats: Mapping[str, Any]) -> tuple[str, str]:
     body = (
         "## Method\n\nSafe Delta: in every linear layer of the decoder blocks, the entries of "
         "δ = θ_F − θ_aligned whose safety cost c_m = δ_m²/(2·[H⁻¹]_mm) (H: the aligned "

@@ -98,7 +98,7 @@ def edit_weight(given: WeightInputs, params: Mapping[str, Any]) -> Edit:
     return Edit(w_a + merged, {"similarity": similarity, "merged": True})
 
 
-def _card(params: Mapping[str, Any]) -> tuple[str, str]:
+def _card(params: Mapping[str, Any], _stats: Mapping[str, Any]) -> tuple[str, str]:
     how = (
         f"TIES (density {params['density']}, weights α = {params['weight']} and 1 − α)"
         if params["merge"] == "ties"
