@@ -25,7 +25,12 @@ _EXPORTS = {
     "LoraAdapter": "realignkit.checkpoint",
     "compute_safety_vector": "realignkit.methods.safety_vector",  # safety-vector
     "SafetyVector": "realignkit.methods.safety_vector",
-    "resta": "realignkit.methods.resta",  # resta
+    "resta": "realignkit.api",  # resta
+    "safedelta": "realignkit.api",  # safedelta
+    "safemerge": "realignkit.api",  # safemerge
+    "realign": "realignkit.api",  # any declared method
+    "Method": "realignkit.methods.base",
+    "load_methods": "realignkit.methods.registry",
     "compute_fisher": "realignkit.calib.fisher",  # fisher
     "FisherScores": "realignkit.calib.fisher",
     "irr": "realignkit.methods.irr",  # irr
@@ -38,6 +43,7 @@ _EXPORTS = {
     "finetune": "realignkit.train.finetune",  # finetune
     "unalign": "realignkit.train.finetune",  # unalign
     "run_sweep": "realignkit.sweep",  # sweep
+    "tune": "realignkit.tuning",  # tune
     "RECIPES": "realignkit.methods.registry",
     "load_recipes": "realignkit.methods.registry",
 }

@@ -69,16 +69,26 @@ MODEL_KEYS = (
     "safety_vector",
     "finetuned",
     "adapter",
+    "safety_model",
 )
 DATA_KEYS = ("harmful", "calibration")
 BASELINES = ("finetuned", "aligned")
 EVAL_SET_BY_SWEEP = ("model", "adapter", "out_dir", "name", "cache_dir")
-# What the known recipes need beyond the aligned and fine-tuned models (checked up front).
+# What the hand-written recipes need beyond the aligned and fine-tuned models (checked up
+# front); declared methods say it themselves (methods/base.py).
 NEEDS: dict[str, tuple[str, ...]] = {
-    "resta": ("safety_vector",),
-    "resta+dare": ("safety_vector",),
     "irr": ("safety_vector",),
     "safelora": ("pretrained",),
+}
+# A declared input → the sweep config keys that provide it (any one of them).
+INPUT_KEYS: dict[str, tuple[str, ...]] = {
+    "finetuned": ("finetuned", "adapter"),
+    "base": ("aligned",),  # every fine-tune of a sweep starts from the aligned model
+    "safety_vector": ("unaligned", "unaligned_adapter", "safety_vector"),
+    "aligned": ("aligned",),
+    "pretrained": ("pretrained",),
+    "safety_finetune": ("safety_model",),
+    "safety_data": ("harmful",),
 }
 
 
@@ -336,14 +346,47 @@ def _hash(blob: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def method_needs(
+    method: str, axes: Mapping[str, list[Any]] | None = None, unknown: tuple[str, ...] = ()
+) -> tuple[str, ...]:
+    """The inputs a method needs in any setting of its grid (declared, else NEEDS, else
+    ``unknown``)."""
+    from realignkit.methods.registry import METHODS
+
+    declared = METHODS.get(method)
+    if declared is None:
+        return NEEDS.get(method, unknown)
+    axes = axes or {}
+    names = list(axes)
+    needs: set[str] = set()
+    for values in itertools.product(*(axes[n] for n in names)) if names else [()]:
+        setting = {**declared.sweep_defaults, **dict(zip(names, values, strict=True))}
+        needs |= declared.inputs_needed(declared.resolve(setting))
+    return tuple(sorted(needs - {"finetuned"}))
+
+
+def check_grid(method: str, axes: Mapping[str, list[Any]]) -> None:
+    """Every axis is a declared, sweepable parameter and every value is in its range."""
+    from realignkit.methods.registry import METHODS
+
+    declared = METHODS.get(method)
+    if declared is None:
+        return
+    for param, values in axes.items():
+        for value in values:
+            declared.resolve({param: value}, where="sweep config: ", sweep=True)
+
+
 def check_methods(cfg: SweepConfig, recipes: Mapping[str, Any]) -> None:
-    """Every method is a registered recipe and has the inputs it needs, before any work."""
-    for method, _ in cfg.methods:
+    """Every method is a registered recipe, its grid fits its declared parameters and it has
+    the inputs it needs, before any work."""
+    for method, axes in cfg.methods:
         if method not in recipes:
             raise RealignError(
                 f"sweep config: unknown method {method!r}; available: {', '.join(sorted(recipes))}"
             )
-        for need in NEEDS.get(method, ()):
+        check_grid(method, axes)
+        for need in method_needs(method, axes):
             if need == "safety_vector":
                 if not any(
                     k in cfg.models for k in ("unaligned", "unaligned_adapter", "safety_vector")
@@ -352,8 +395,13 @@ def check_methods(cfg: SweepConfig, recipes: Mapping[str, Any]) -> None:
                         f"sweep config: method {method!r} needs the safety vector: give "
                         "models.unaligned, models.unaligned_adapter or models.safety_vector"
                     )
-            elif need not in cfg.models:
-                raise RealignError(f"sweep config: method {method!r} needs models.{need}")
+            else:
+                keys = INPUT_KEYS.get(need, (need,))
+                if not any(k in cfg.models for k in keys):
+                    where = " or ".join(
+                        f"{'data' if k in DATA_KEYS else 'models'}.{k}" for k in keys
+                    )
+                    raise RealignError(f"sweep config: method {method!r} needs {where}")
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -458,6 +506,7 @@ def _build(
         unaligned=m.get("unaligned"),
         harmful=m.get("harmful"),
         calibration=m.get("calibration"),
+        safety_model=m.get("safety_model"),
         workdir=out_dir / "work",
         seed=cfg.seed,
         params=dict(variant.params),
@@ -515,8 +564,9 @@ def run_sweep(
     results_path = out / "results.jsonl"
     results = load_results(results_path)
     todo = [v for v in variants if results.get(v.id, {}).get("key") != v.key]
+    axes_of = dict(cfg.methods)
     needs_vector = any(
-        "safety_vector" in NEEDS.get(v.method, ("safety_vector",))
+        "safety_vector" in method_needs(v.method, axes_of.get(v.method), ("safety_vector",))
         for v in todo
         if v.method != "baseline"
     )

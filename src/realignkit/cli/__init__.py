@@ -15,11 +15,15 @@ from realignkit.cli import irr as _irr  # noqa: E402,F401  fisher, irr
 
 # Importing a module registers its commands on `app`.
 from realignkit.cli import merge as _merge  # noqa: E402,F401  safety-vector, resta
+from realignkit.cli import methods as _methods  # noqa: E402  every declared method
 from realignkit.cli import safelora as _safelora  # noqa: E402,F401  safelora
 from realignkit.cli import sweep as _sweep  # noqa: E402,F401  sweep
 from realignkit.cli import train as _train  # noqa: E402,F401  finetune, unalign
+from realignkit.cli import tune as _tune  # noqa: E402,F401  tune
 from realignkit.cli.app import app
 from realignkit.errors import RealignError
+
+_methods.register_all()
 
 
 def main(argv: list[str] | None = None) -> None:

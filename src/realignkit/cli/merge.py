@@ -1,4 +1,4 @@
-"""`realignkit safety-vector` and `realignkit resta`: streaming weight edits."""
+"""`realignkit safety-vector` (RESTA's command is built from its declaration: cli/methods.py)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,7 @@ from typing import Annotated
 import typer
 
 from realignkit.cli.app import app
-from realignkit.cli.options import (
-    Adapter,
-    AllowPickle,
-    Finetuned,
-    Out,
-    Overwrite,
-    SafetyVectorDir,
-    ShardSize,
-    Workers,
-)
-from realignkit.ops.selection import DEFAULT_SCOPE_HELP
+from realignkit.cli.options import AllowPickle, Out, Overwrite, ShardSize, Workers
 
 
 @app.command("safety-vector")
@@ -55,60 +45,3 @@ def safety_vector_cmd(
         workers=workers,
     )
     typer.echo(f"safety vector written to {path}")
-
-
-@app.command(
-    "resta",
-    help=(
-        "Re-align a fine-tuned model: θ_F + γ·v, optionally with DARE on θ_F − θ_B. "
-        + DEFAULT_SCOPE_HELP
-    ),
-)
-def resta_cmd(
-    safety_vector: SafetyVectorDir,
-    out: Out,
-    finetuned: Finetuned = None,
-    base: Annotated[
-        str | None,
-        typer.Option(help="The model the fine-tune started from (needed by --dare and --adapter)."),
-    ] = None,
-    adapter: Adapter = None,
-    gamma: Annotated[float, typer.Option(help="Weight γ of the safety vector.")] = 0.5,
-    dare: Annotated[
-        float | None,
-        typer.Option(help="DARE drop rate p in [0, 1) on θ_F − θ_B; kept entries × 1/(1−p)."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the DARE masks (per tensor name).")] = 0,
-    include: Annotated[
-        list[str] | None,
-        typer.Option(help="Also edit: embeddings, norms, biases, lm_head, other, or all."),
-    ] = None,
-    overwrite: Overwrite = False,
-    allow_pickle: AllowPickle = False,
-    max_shard_size: ShardSize = "1GB",
-    workers: Workers = 2,
-) -> None:
-    from realignkit.checkpoint import FinetunedWeights
-    from realignkit.methods.resta import resta
-    from realignkit.methods.safety_vector import SafetyVector
-
-    with (
-        FinetunedWeights(finetuned, base=base, adapter=adapter, allow_pickle=allow_pickle) as ft,
-        SafetyVector(safety_vector) as sv,
-    ):
-        result = resta(
-            ft,
-            sv,
-            out,
-            gamma=gamma,
-            dare_p=dare,
-            seed=seed,
-            include=include,
-            overwrite=overwrite,
-            max_shard_size=max_shard_size,
-            workers=workers,
-        )
-    typer.echo(
-        f"re-aligned model written to {result.path} "
-        f"({len(result.edited)} tensors edited, {len(result.copied)} copied)"
-    )

@@ -366,6 +366,19 @@ def run_world(
         timings,
         lambda: compute_safety_vector(aligned, ckpt / "safety-vector", unaligned=unaligned),
     )
+    # SafeMERGE's safety fine-tune: the aligned model trained a little more on harmful
+    # prompts with safe responses (the data IRR's Fisher scores and Safe Delta read).
+    safety_ft = _stage(
+        "safety-finetune",
+        ckpt / "safety-finetuned",
+        timings,
+        lambda: finetune(
+            aligned,
+            data.safe,
+            ckpt / "safety-finetuned",
+            full(size.unalign_steps, size.finetune_lr),
+        ),
+    )
     ft_full = _stage(
         "finetune-full",
         ckpt / "finetuned-full",
@@ -418,6 +431,7 @@ def run_world(
                 adapter=ft_lora if kind == "lora" else None,
                 pretrained=pretrained,
                 unaligned=unaligned,
+                safety_model=safety_ft,
                 harmful=data.safe,
                 calibration=data.calibration,
                 workdir=folder / "work",
@@ -619,9 +633,8 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     marker.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
 
 
+# Grids of the methods that do not declare one (declared methods carry their `sweep_grid`).
 SWEEP_GRIDS: dict[str, dict[str, Any]] = {
-    "resta": {"gamma": [0.25, 0.5, 1.0, 1.5]},
-    "resta+dare": {"gamma": 0.5, "dare_p": [0.1, 0.3, 0.5]},
     "irr": {"rho": [0.3, 0.5, 1.0]},
     "safelora": {"threshold": [0.3, 0.5, 0.7]},
 }
@@ -630,23 +643,26 @@ SWEEP_GRIDS: dict[str, dict[str, Any]] = {
 def sweep_config(world: Path, kind: str, size: DemoSize) -> dict[str, Any]:
     """A `realignkit sweep` config over one seed's world (``kind``: the full or LoRA fine-tune),
     with every registered method that has a grid in :data:`SWEEP_GRIDS`."""
-    from realignkit.methods.registry import load_all
+    from realignkit.methods.registry import load_all, load_methods
 
     ckpt, data = world / "checkpoints", world / "data"
     models = {
         "aligned": ckpt / "aligned",
         "pretrained": ckpt / "pretrained",
         "safety_vector": ckpt / "safety-vector",
+        "safety_model": ckpt / "safety-finetuned",
         ("finetuned" if kind == "full" else "adapter"): ckpt / f"finetuned-{kind}",
     }
     recipes = load_all()
+    grids = {name: dict(m.sweep_grid) for name, m in load_methods().items() if m.sweep_grid}
+    grids |= SWEEP_GRIDS
     return {
         "models": {k: str(v) for k, v in models.items()},
         "data": {
             "harmful": str(data / "harmful_refusals.jsonl"),
             "calibration": str(data / "calibration.jsonl"),
         },
-        "methods": {name: grid for name, grid in SWEEP_GRIDS.items() if name in recipes},
+        "methods": {name: grid for name, grid in grids.items() if name in recipes},
         "eval": {
             "safety": [
                 f"harmful:{data / 'eval_harmful.jsonl'}",

@@ -1,30 +1,36 @@
 """Recipes: every re-alignment method in the package, callable the same way.
 
 The demo, the sweep and the real-model benchmark run "every method present" through this
-registry, so a new method shows up there as soon as its module registers a recipe:
+registry. Every module of ``realignkit.methods`` is imported by :func:`load_all`, so a new
+method is one new module: a module-level :class:`~realignkit.methods.base.Method`
+declaration becomes a recipe (run by :mod:`realignkit.execute`) and a CLI command by itself;
+methods not yet on the contract register a hand-written recipe:
 
-    @recipe("resta")
-    def _resta(job: RealignJob, out: Path) -> Realigned: ...
+    @recipe("irr")
+    def _irr(job: RealignJob, out: Path) -> Realigned: ...
 
 A recipe takes a :class:`RealignJob` (all the inputs any method may need; each uses what it
 needs) and an output folder, and returns where the re-aligned model is. ``params`` lets a
 sweep pass a method's hyper-parameters (for example ``{"gamma": 0.3}``); recipes fall back
 to the papers' defaults.
+
+Layers: ``methods/base.py`` (the contract) < the method modules < ``execute.py`` < this
+registry < sweep, demo, CLI. (IRR and Safe LoRA still register hand-written recipes here.)
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METHOD_MODULES = (
-    "realignkit.methods.resta_recipes",
-    "realignkit.methods.irr",
-    "realignkit.methods.safelora",
-)
+from realignkit.execute import Sources, execute
+from realignkit.methods.base import Method
+
+NOT_METHODS = ("base", "registry")
 
 
 @dataclass
@@ -39,6 +45,7 @@ class RealignJob:
     unaligned: Path | None = None  # the harmful fine-tune of `aligned`
     harmful: Path | None = None  # harmful prompts (+ safe responses): Fisher data
     calibration: Path | None = None  # downstream task prompts: recalibration data
+    safety_model: Path | None = None  # the aligned model fine-tuned on a small safety set
     workdir: Path | None = None  # cache for reusable artefacts (Fisher scores, Hessians)
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +63,7 @@ class Realigned:
 
 Recipe = Callable[[RealignJob, Path], Realigned]
 RECIPES: dict[str, Recipe] = {}
+METHODS: dict[str, Method] = {}
 
 
 def recipe(name: str) -> Callable[[Recipe], Recipe]:
@@ -68,15 +76,64 @@ def recipe(name: str) -> Callable[[Recipe], Recipe]:
     return register
 
 
-def load_all() -> dict[str, Recipe]:
-    """Import every method module (each registers its recipes) and return the registry.
+def declared_recipe(method: Method) -> Recipe:
+    """The recipe of a declared method: the job's inputs to the executor's sources."""
 
-    A module that is not there (a method not yet in this version) is skipped.
-    """
-    for module in METHOD_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    def run(job: RealignJob, out: Path) -> Realigned:
+        values = {**method.sweep_defaults, **job.params}
+        if any(p.name == "seed" for p in method.params):
+            values.setdefault("seed", job.seed)
+        params = method.resolve(values)
+        needed = method.inputs_needed(params)
+        sources = Sources(
+            finetuned=job.finetuned,
+            adapter=job.adapter,
+            # every fine-tune of the sweep starts from the aligned model
+            base=job.aligned if job.adapter is not None or "base" in needed else None,
+            safety_vector=job.safety_vector if "safety_vector" in needed else None,
+            aligned=job.aligned,
+            pretrained=job.pretrained,
+            safety_finetune=job.safety_model,
+            safety_data=job.harmful,
+        )
+        output = execute(method, sources, out, params, overwrite=job.overwrite)
+        info = {k: v for k, v in output.meta.get("parameters", {}).items() if v not in ((), [])}
+        info.update(output.meta.get("summary", {}))
+        return Realigned(model=Path(out), info=info)
+
+    run.__doc__ = f"{method.name}: {method.summary}"
+    return run
+
+
+def register_method(method: Method) -> Method:
+    """Register a declared method (its recipe included)."""
+    METHODS[method.name] = method
+    RECIPES[method.name] = declared_recipe(method)
+    return method
+
+
+def method_modules() -> list[str]:
+    """Every module of ``realignkit.methods`` except the contract and this registry."""
+    import realignkit.methods as package
+
+    return [
+        f"{package.__name__}.{info.name}"
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name)
+        if info.name not in NOT_METHODS and not info.name.startswith("_")
+    ]
+
+
+def load_all() -> dict[str, Recipe]:
+    """Import every method module (each registers its recipes) and return the registry."""
+    for name in method_modules():
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            if isinstance(value, Method) and value.recipe and value.name not in METHODS:
+                register_method(value)
     return RECIPES
+
+
+def load_methods() -> dict[str, Method]:
+    """The declared methods (after importing every method module)."""
+    load_all()
+    return METHODS

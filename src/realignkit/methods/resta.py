@@ -8,28 +8,25 @@ may carry the unsafe behaviour:
 
     θ_realigned = θ_B + DARE_p(θ_F − θ_B) + γ · v
 
-The paper reports γ = 0.5 and p = 0.3. Tensors are streamed: memory holds a few tensors and
+The paper reports γ = 0.5 and p = 0.3. The method is a declaration (:data:`RESTA`) and one
+pure function per weight (:func:`resta_tensor`); :mod:`realignkit.execute` does the rest.
+Tensors are streamed: memory holds a few tensors and
 one output shard, whatever the model size.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import torch
 
-from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, ensure_finite, model_card
-from realignkit.checkpoint.finetuned import check_same_layout
-from realignkit.checkpoint.stream import map_ordered
-from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
-from realignkit.methods.safety_vector import SafetyVector
+from realignkit.methods.base import Edit, Method, Param, WeightInputs
 from realignkit.ops.dare import dare
-from realignkit.ops.selection import DEFAULT_SCOPE_HELP, is_selected, parse_include, tensor_kind
+from realignkit.ops.selection import DEFAULT_SCOPE_HELP, EXTRA_KINDS, parse_include
 
 PathLike = str | os.PathLike[str]
 
@@ -68,124 +65,112 @@ def resta_tensor(
     return theta
 
 
-@dataclass
-class RestaResult:
-    """What :func:`resta` wrote."""
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+PARAMS = (
+    Param(
+        "gamma",
+        float,
+        0.5,
+        "Weight γ of the safety vector.",
+        low=-FLOAT32_MAX,
+        high=FLOAT32_MAX,
+        open_low=True,
+        open_high=True,
+        rule="a finite float32 number",
+        safer="higher",
+        search=(0.0, 2.0),
+    ),
+    Param(
+        "dare_p",
+        float,
+        None,
+        "DARE drop rate p in [0, 1) on θ_F − θ_B; kept entries × 1/(1−p).",
+        low=0.0,
+        high=1.0,
+        open_high=True,
+        flag="--dare",
+        optional=True,
+    ),
+    Param("seed", int, 0, "Seed of the DARE masks (per tensor name).", sweepable=False),
+    Param(
+        "include",
+        str,
+        (),
+        "Also edit: " + ", ".join(EXTRA_KINDS) + ", or all.",
+        rule="kinds of tensors: " + ", ".join(EXTRA_KINDS) + " or all",
+        multiple=True,
+    ),
+)
 
-    path: Path
-    edited: list[str] = field(default_factory=list)
-    copied: list[str] = field(default_factory=list)
+
+def _drop_rate(params: Mapping[str, Any]) -> float:
+    return float(params.get("dare_p") or 0.0)
 
 
-def resta(
-    finetuned: FinetunedWeights,
-    safety_vector: SafetyVector,
-    out: PathLike,
-    *,
-    gamma: float = 0.5,
-    dare_p: float | None = None,
-    seed: int = 0,
-    include: Iterable[str] | str | None = None,
-    overwrite: bool = False,
-    max_shard_size: str | int = "1GB",
-    workers: int = 2,
-) -> RestaResult:
-    """Write θ_F + γ·v (optionally with DARE on the fine-tuning delta) as a model folder."""
-    if not math.isfinite(gamma) or abs(gamma) >= torch.finfo(torch.float32).max:
-        raise RealignError(f"--gamma must be a finite float32 number, got {gamma}")
-    drop_p = float(dare_p or 0.0)
-    if not 0.0 <= drop_p < 1.0:
-        raise RealignError(f"--dare must be in [0, 1), got {drop_p}")
-    if drop_p > 0.0 and finetuned.base is None:
-        raise RealignError("--dare needs --base, the model the fine-tune started from")
-    kinds = parse_include(include)
-    selected = [
-        n
-        for n in finetuned.names
-        if is_selected(n, len(finetuned.shape(n)), kinds, finetuned.dtype(n).is_floating_point)
-    ]
-    if not selected:
-        raise RealignError("no tensor of the fine-tuned model is selected for editing")
-    # Check everything before writing anything: a mismatch ends with no output.
-    if safety_vector.architecture != finetuned.architecture and "unknown" not in (
-        safety_vector.architecture,
-        finetuned.architecture,
-    ):
-        raise RealignError(
-            f"the safety vector was made for a {safety_vector.architecture}, the fine-tuned "
-            f"model is a {finetuned.architecture}"
+def edit_weight(given: WeightInputs, params: Mapping[str, Any]) -> Edit:
+    """RESTA (and DARE) on one weight: the method's whole computation."""
+    v = given.safety_vector
+    theta = resta_tensor(
+        given.finetuned,
+        v,
+        params["gamma"],
+        theta_b=given.base,
+        drop_p=_drop_rate(params),
+        seed=params["seed"],
+        name=given.name,
+    )
+    return Edit(theta)
+
+
+def _needs_when(params: Mapping[str, Any]) -> dict[str, str]:
+    if _drop_rate(params) > 0.0:
+        return {"base": "--dare needs --base, the model the fine-tune started from"}
+    return {}
+
+
+def _check_include(params: Mapping[str, Any]) -> None:
+    try:
+        parse_include(params["include"])
+    except ValueError as err:
+        raise RealignError(f"--include: {err}") from err
+
+
+def _card(params: Mapping[str, Any], _stats: Mapping[str, Any]) -> tuple[str, str]:
+    drop = _drop_rate(params)
+    body = (
+        "## Method\n\nRESTA: θ = θ_F + γ·v with the safety vector v = θ_aligned − θ_unaligned"
+        + (
+            ", after DARE on the fine-tuning delta θ_F − θ_B (each entry dropped with "
+            "probability p, kept entries divided by 1 − p; each tensor's mask is seeded by "
+            "(seed, tensor name))."
+            if drop
+            else "."
         )
-    for name in selected:
-        if name in safety_vector:
-            if tuple(safety_vector.shape(name)) != tuple(finetuned.shape(name)):
-                raise RealignError(
-                    f"tensor {name!r} has shape {tuple(finetuned.shape(name))} in the fine-tuned "
-                    f"model but {tuple(safety_vector.shape(name))} in the safety vector"
-                )
-        elif not safety_vector.is_lowrank:
-            raise RealignError(
-                f"tensor {name!r} is missing from the safety vector {safety_vector.dir}"
-            )
-    if drop_p > 0.0 and finetuned.full is not None:
-        assert finetuned.base is not None
-        check_same_layout(finetuned.full, finetuned.base, selected)
-    selected_set = set(selected)
+        + f"\n\n{DEFAULT_SCOPE_HELP}\n"
+    )
+    return "RESTA" + ("+DARE" if drop else ""), body
 
-    def realign(name: str) -> torch.Tensor:
-        theta_f = finetuned.get(name)
-        if name not in selected_set:
-            return theta_f
-        v = safety_vector.get(name, dtype=None) if name in safety_vector else None
-        theta_b = finetuned.get_base(name) if drop_p > 0.0 else None
-        result = resta_tensor(
-            theta_f, v, gamma, theta_b=theta_b, drop_p=drop_p, seed=seed, name=name
-        ).to(theta_f.dtype)
-        ensure_finite(result, name, "the result")  # after the cast: what would be written
-        return result
 
-    result = RestaResult(Path(out))
-    plan = [TensorSpec(n, tuple(finetuned.shape(n)), finetuned.dtype(n)) for n in finetuned.names]
-    with CheckpointWriter(
-        out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
-    ) as writer:
-        for name, tensor in map_ordered(
-            realign, finetuned.names, workers=workers, desc="RESTA", weights=finetuned.nbytes
-        ):
-            writer.add(name, tensor)
-            (result.edited if name in selected_set else result.copied).append(name)
-        writer.copy_support_files(*finetuned.support_dirs)
-        kinds_edited = sorted({tensor_kind(n, len(finetuned.shape(n))) for n in result.edited})
-        params = {
-            "gamma": gamma,
-            "dare_p": drop_p if drop_p else "off",
-            "dare_rescale": "1/(1-p) (DARE paper)" if drop_p else "-",
-            "seed": seed,
-            "edited tensor kinds": ", ".join(kinds_edited),
-            "tensors edited": len(result.edited),
-            "tensors copied unchanged": len(result.copied),
-        }
-        body = (
-            "## Method\n\nRESTA: θ = θ_F + γ·v with the safety vector v = θ_aligned − "
-            "θ_unaligned"
-            + (
-                ", after DARE on the fine-tuning delta θ_F − θ_B (each entry "
-                "dropped with probability p, kept entries divided by 1 − p; each tensor's mask "
-                "is seeded by (seed, tensor name))."
-                if drop_p
-                else "."
-            )
-            + f"\n\n{DEFAULT_SCOPE_HELP}\n"
-        )
-        inputs = dict(finetuned.describe())
-        inputs["safety_vector"] = str(safety_vector.dir)
-        writer.write_card(
-            model_card(
-                method="RESTA" + ("+DARE" if drop_p else ""),
-                summary="A fine-tuned model re-aligned for safety by adding back a safety vector.",
-                inputs=inputs,
-                params=params,
-                body=body,
-                base_model=inputs.get("finetuned") or inputs.get("base"),
-            )
-        )
-    return result
+RESTA = Method(
+    name="resta",
+    version=1,
+    summary="A fine-tuned model re-aligned for safety by adding back a safety vector.",
+    help="Re-align a fine-tuned model: θ_F + γ·v, optionally with DARE on θ_F − θ_B. "
+    + DEFAULT_SCOPE_HELP,
+    kind="weight",
+    params=PARAMS,
+    needs=frozenset({"finetuned", "safety_vector"}),
+    edit_weight=edit_weight,
+    needs_when=_needs_when,
+    card=_card,
+    sweep_grid={"gamma": [0.25, 0.5, 1.0, 1.5]},
+    validate=_check_include,
+)
+# The sweep's "resta+dare": the same method, starting from the paper's p = 0.3.
+RESTA_DARE = replace(
+    RESTA,
+    name="resta+dare",
+    cli=False,
+    sweep_defaults={"dare_p": 0.3},
+    sweep_grid={"gamma": 0.5, "dare_p": [0.1, 0.3, 0.5]},
+)

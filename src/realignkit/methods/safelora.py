@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from realignkit.checkpoint import (
 )
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.errors import RealignError
+from realignkit.methods.base import Edit, Method, Param, WeightInputs
 from realignkit.methods.registry import Realigned, RealignJob, recipe
 from realignkit.ops.projection import (
     apply_alignment_projection,
@@ -306,6 +308,102 @@ def block_weights(checkpoint: CheckpointReader) -> dict[str, bool]:
     return found
 
 
+def _oriented_update(given: WeightInputs, compute: torch.device) -> tuple[Any, ...]:
+    """``(V, ‖V‖_F, W_A, ΔW)`` of one weight in (out, in) orientation on ``compute``."""
+    assert given.aligned is not None and given.pretrained is not None
+    wide = torch.float64 if given.aligned.dtype == torch.float64 else torch.float32
+    w_a = given.aligned.to(compute, wide)
+    v = w_a - given.pretrained.to(compute, wide)
+    if given.transposed:
+        v = v.T
+    norm = float(torch.linalg.matrix_norm(v))
+    if norm == 0.0:
+        raise RealignError(
+            f"tensor {given.name!r} is the same in the aligned and the pre-trained model: "
+            "Safe LoRA needs what alignment changed (check --aligned and --pretrained)"
+        )
+    delta = given.finetuned.to(compute, v.dtype) - w_a
+    return v, norm, w_a, delta.T if given.transposed else delta
+
+
+def _full_similarity(given: WeightInputs, params: Mapping[str, Any]) -> float:
+    v, norm, _, delta = _oriented_update(given, _resolve_device(params["device"]))
+    return frobenius_cosine(apply_alignment_projection(v, delta, norm), delta)
+
+
+def _full_edit(given: WeightInputs, params: Mapping[str, Any]) -> Edit:
+    """``W_A + C·ΔW`` where the weight is chosen (by rank, or similarity ≤ threshold)."""
+    v, norm, w_a, delta = _oriented_update(given, _resolve_device(params["device"]))
+    projected = apply_alignment_projection(v, delta, norm)
+    similarity = frobenius_cosine(projected, delta)
+    chosen = given.chosen
+    if chosen is None:
+        chosen = similarity <= _rule(params)["threshold"]
+    stats = {"similarity": similarity, "projected": bool(chosen)}
+    if not chosen:
+        return Edit(given.finetuned, stats)
+    return Edit(w_a + (projected.T if given.transposed else projected), stats)
+
+
+def _rule(params: Mapping[str, Any]) -> dict[str, Any]:
+    return check_selection(params["threshold"], params["num_layers"])
+
+
+def _choose(scores: Mapping[str, float], params: Mapping[str, Any]) -> set[str]:
+    names = list(scores)
+    picked = _select([scores[n] for n in names], _rule(params))
+    return {n for n, keep in zip(names, picked, strict=True) if keep}
+
+
+def _full_card(params: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[str, str]:
+    layers = [LayerSimilarity(n, s["similarity"], s["projected"]) for n, s in stats.items()]
+    return "Safe LoRA (full fine-tune)", _layers_card(layers, _rule(params))
+
+
+def _full_meta(params: Mapping[str, Any], output: Any) -> dict[str, Any]:
+    layers = [LayerSimilarity(n, s["similarity"], s["projected"]) for n, s in output.stats.items()]
+    result = SafeLoraResult(output.path, layers, _rule(params))
+    inputs = {role: value["path"] for role, value in output.meta["inputs"].items()}
+    return {META_FILE: _meta(result, inputs, "full")}
+
+
+# Safe LoRA on a full fine-tune, on the method contract (the CLI keeps `safelora --full`).
+SAFELORA_FULL = Method(
+    name="safelora-full",
+    version=1,
+    summary="A fully fine-tuned model whose least aligned weight updates were projected onto "
+    "the alignment subspace of the aligned model.",
+    kind="weight",
+    params=(
+        Param(
+            "threshold",
+            float,
+            None,
+            "Project weights whose cosine similarity is at most this (default 0.5).",
+            low=-1.0,
+            high=1.0,
+            optional=True,
+        ),
+        Param(
+            "num_layers", int, None, "Project the K least similar weights.", low=1, optional=True
+        ),
+        Param("device", str, None, "Where the products run.", optional=True, sweepable=False),
+    ),
+    needs=frozenset({"finetuned", "aligned", "pretrained"}),
+    edit_weight=_full_edit,
+    orientation=True,
+    targets="linears",
+    validate=lambda params: _rule(params) and None,
+    card=_full_card,
+    scan=_full_similarity,
+    scan_when=lambda params: params["num_layers"] is not None,
+    choose=_choose,
+    extra_meta=_full_meta,
+    cli=False,
+    recipe=False,
+)
+
+
 def safelora_full(
     finetuned: PathLike,
     aligned: PathLike,
@@ -322,93 +420,31 @@ def safelora_full(
 ) -> SafeLoraResult:
     """Write ``W_A + C·(W_F − W_A)`` in the selected decoder-block weights, ``W_F`` elsewhere.
 
-    With a threshold, one streaming pass. With ``num_layers``, a first pass measures every
-    similarity (nothing kept) and a second writes: the projected model never sits in memory.
+    Run by the executor: with a threshold, one streaming pass; with ``num_layers``, a first
+    pass measures every similarity (nothing kept) and a second writes.
     """
-    selection = check_selection(threshold, num_layers)
-    writer = CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size)
-    ft = CheckpointReader(finetuned, allow_pickle=allow_pickle, what="fine-tuned model")
-    aligned_ckpt = CheckpointReader(aligned, allow_pickle=allow_pickle, what="aligned model")
-    pretrained_ckpt = CheckpointReader(
-        pretrained, allow_pickle=allow_pickle, what="pre-trained model"
+    from realignkit.execute import Sources, execute
+
+    check_selection(threshold, num_layers)
+    sources = Sources(
+        finetuned=finetuned, aligned=aligned, pretrained=pretrained, allow_pickle=allow_pickle
     )
-    with ft, aligned_ckpt, pretrained_ckpt:
-        check_same_layout(ft, aligned_ckpt)
-        targets = block_weights(ft)
-        check_layer_count(selection, len(targets))
-        check_same_layout(aligned_ckpt, pretrained_ckpt, list(targets))
-        compute = _resolve_device(device)
-        alignment = AlignmentMatrices(aligned_ckpt, pretrained_ckpt, compute)
-
-        def projected_delta(
-            name: str, w_f: torch.Tensor
-        ) -> tuple[float, torch.Tensor, torch.Tensor]:
-            """(similarity, W_A, C·ΔW) in stored orientation, on the compute device."""
-            transposed = targets[name]
-            v, norm = alignment.get(name, transposed)
-            w_a = aligned_ckpt.get(name).to(compute, v.dtype)
-            delta = w_f.to(compute, v.dtype) - w_a
-            delta = delta.T if transposed else delta
-            projected = apply_alignment_projection(v, delta, norm)
-            similarity = frobenius_cosine(projected, delta)
-            return similarity, w_a, (projected.T if transposed else projected)
-
-        target_names = list(targets)
-        by_rank = "num_layers" in selection
-        chosen: dict[str, bool] = {}
-        found: dict[str, float] = {}
-        if by_rank:
-            for name, similarity in map_ordered(
-                lambda name: projected_delta(name, ft.get(name))[0],
-                target_names,
-                workers=workers,
-                desc="Safe LoRA similarities",
-                weights=ft.nbytes,
-            ):
-                found[name] = similarity
-            similarities = [found[name] for name in target_names]
-            chosen = dict(zip(target_names, _select(similarities, selection), strict=True))
-
-        def edit(name: str) -> torch.Tensor:
-            w_f = ft.get(name)
-            if name not in targets or (by_rank and not chosen[name]):
-                return w_f
-            similarity, w_a, projected = projected_delta(name, w_f)
-            if not by_rank:
-                found[name] = similarity
-                chosen[name] = similarity <= selection["threshold"]
-                if not chosen[name]:
-                    return w_f
-            edited = (w_a + projected).to("cpu", w_f.dtype)
-            ensure_finite(edited, name, "the result")
-            return edited
-
-        result = SafeLoraResult(Path(out), selection=selection)
-        with writer:
-            for name, tensor in map_ordered(
-                edit, ft.names, workers=workers, desc="Safe LoRA", weights=ft.nbytes
-            ):
-                writer.add(name, tensor)
-            writer.copy_support_files(ft.dir)
-            result.layers = [LayerSimilarity(n, found[n], chosen[n]) for n in target_names]
-            inputs = {
-                "finetuned": str(ft.dir),
-                "aligned": str(aligned_ckpt.dir),
-                "pretrained": str(pretrained_ckpt.dir),
-            }
-            writer.write_json(META_FILE, _meta(result, inputs, "full"))
-            writer.write_card(
-                model_card(
-                    method="Safe LoRA (full fine-tune)",
-                    summary="A fully fine-tuned model whose least aligned weight updates were "
-                    "projected onto the alignment subspace of the aligned model.",
-                    inputs=inputs,
-                    params=_card_params(result, None),
-                    body=_layers_card(result.layers, selection),
-                    base_model=str(aligned_ckpt.dir),
-                )
-            )
-    return result
+    params = {
+        "threshold": threshold,
+        "num_layers": num_layers,
+        "device": None if device is None else str(device),
+    }
+    output = execute(
+        SAFELORA_FULL,
+        sources,
+        out,
+        params,
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+        workers=workers,
+    )
+    layers = [LayerSimilarity(n, s["similarity"], s["projected"]) for n, s in output.stats.items()]
+    return SafeLoraResult(output.path, layers, _rule(output.params))
 
 
 # --- registry recipe ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def tensor_kind(name: str, ndim: int) -> str:
 
 
 def parse_include(include: Iterable[str] | str | None) -> frozenset[str]:
-    """Normalise ``--include`` values (comma lists allowed); ``all`` means every kind."""
+    """Normalise extra tensor kinds (comma lists allowed); ``all`` means every kind."""
     if include is None:
         return frozenset()
     items = [include] if isinstance(include, str) else list(include)
@@ -52,10 +52,8 @@ def parse_include(include: Iterable[str] | str | None) -> frozenset[str]:
             elif part in EXTRA_KINDS:
                 kinds.add(part)
             else:
-                from realignkit.errors import RealignError
-
-                raise RealignError(
-                    f"unknown --include value {part!r}; use {', '.join(EXTRA_KINDS)} or all"
+                raise ValueError(
+                    f"unknown tensor kind {part!r}; kinds: {', '.join(EXTRA_KINDS)} or all"
                 )
     return frozenset(kinds)
 

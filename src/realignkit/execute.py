@@ -1,0 +1,570 @@
+"""The executor: the one place a declared method meets the disk.
+
+    inputs (paths) ─ open once ─ validate layouts once ─ stream tensor by tensor ─┐
+                                                                                   │
+    method.edit_weight(WeightInputs) / method.edit_layer(LayerInputs)  ◀──────────┘
+                                                                                   │
+    check (finite, dtype = the fine-tuned tensor's) ─ shards (atomic) ─ card ─ realignkit.json
+
+*Weight* methods stream: a few tensors in memory whatever the model size, read ahead by a
+thread pool. *Layer* methods run the aligned model on the method's data block after block
+(:func:`realignkit.calib.hessian.edit_blockwise`), hand each linear layer's Hessian to the
+method, put the edited weight back into the running model (later blocks see it) and write it.
+
+Every output carries the same metadata file, ``realignkit.json``: the method and its version,
+the realignkit version, every parameter, every input with its fingerprint, and the method's
+statistics per edited weight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from realignkit.checkpoint import (
+    CheckpointReader,
+    CheckpointWriter,
+    FinetunedWeights,
+    check_same_layout,
+    ensure_finite,
+    model_card,
+)
+from realignkit.checkpoint.fingerprint import fingerprint
+from realignkit.checkpoint.stream import map_ordered
+from realignkit.checkpoint.writer import TensorSpec
+from realignkit.errors import RealignError
+from realignkit.methods.base import Edit, LayerInputs, Method, WeightInputs
+from realignkit.ops.selection import is_selected, parse_include, tensor_kind
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+META_FILE = "realignkit.json"
+META_FORMAT = "realignkit-output"
+META_SCHEMA = 1
+
+
+@dataclass
+class Sources:
+    """Where a method's inputs are; each method reads those it declared."""
+
+    finetuned: PathLike | None = None
+    base: PathLike | None = None
+    adapter: PathLike | None = None
+    safety_vector: PathLike | None = None
+    aligned: PathLike | None = None
+    pretrained: PathLike | None = None
+    safety_finetune: PathLike | None = None
+    safety_adapter: PathLike | None = None  # a LoRA adapter on --aligned, instead
+    safety_data: PathLike | None = None
+    allow_pickle: bool = False
+
+
+@dataclass
+class Output:
+    """What the executor wrote: the folder, the parameters, and per-weight statistics."""
+
+    path: Path
+    method: str
+    params: dict[str, Any]
+    edited: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def sources_of(weights: FinetunedWeights) -> Sources:
+    """The paths behind opened fine-tuned weights (the Python API accepts either)."""
+    return Sources(
+        finetuned=weights.full.dir if weights.full is not None else None,
+        base=weights.base.dir if weights.base is not None else None,
+        adapter=weights.adapter.dir if weights.adapter is not None else None,
+    )
+
+
+_MISSING = {
+    "finetuned": "give the fine-tuned model (--finetuned), or --base with --adapter",
+    "base": "needs --base, the model the fine-tune started from",
+    "safety_vector": "needs --safety-vector (from `realignkit safety-vector`)",
+    "aligned": "needs --aligned, the safety-aligned model",
+    "pretrained": "needs --pretrained, the model the aligned one was aligned from",
+    "safety_finetune": "needs --safety-model (or --safety-adapter): the aligned model "
+    "fine-tuned on a small safety set (`realignkit finetune` makes it)",
+    "safety_data": "needs --safety-data: harmful prompts with safe responses",
+}
+
+
+def _check_present(method: Method, sources: Sources, params: Mapping[str, Any]) -> set[str]:
+    """The inputs this run reads; a one-line error for the first one missing."""
+    needed = set(method.inputs_needed(params)) | {"finetuned"}
+    given = {
+        "finetuned": sources.finetuned is not None or sources.adapter is not None,
+        "base": sources.base is not None,
+        "safety_vector": sources.safety_vector is not None,
+        "aligned": sources.aligned is not None,
+        "pretrained": sources.pretrained is not None,
+        "safety_finetune": sources.safety_finetune is not None
+        or sources.safety_adapter is not None,
+        "safety_data": sources.safety_data is not None,
+    }
+    conditional = method.needs_when(params)
+    for need in ["finetuned", *sorted(needed - {"finetuned"})]:
+        if not given[need]:
+            if need in conditional:
+                raise RealignError(conditional[need])
+            text = _MISSING[need]
+            raise RealignError(text if need == "finetuned" else f"{method.name} {text}")
+    return needed
+
+
+def default_edits(name: str, ndim: int, floating: bool, params: Mapping[str, Any]) -> bool:
+    """The decoder blocks' 2-D weights, plus the kinds of a declared ``include`` parameter."""
+    return is_selected(name, ndim, parse_include(params.get("include")), floating)
+
+
+def checkpoint_name(param_name: str, available: Any, base_prefix: str) -> str | None:
+    """The checkpoint's name of a model parameter (some checkpoints omit the base prefix)."""
+    if param_name in available:
+        return param_name
+    prefix = f"{base_prefix}." if base_prefix else ""
+    if prefix and param_name.startswith(prefix) and param_name[len(prefix) :] in available:
+        return param_name[len(prefix) :]
+    return None
+
+
+def _skeleton(folder: Path) -> torch.nn.Module:
+    """The model's modules without weights (meta device): its blocks and linear layers."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise RealignError(f"cannot read the model config in {str(folder)!r}: {err}") from err
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def linear_orientations(weights: FinetunedWeights) -> dict[str, bool]:
+    """Checkpoint name of each decoder-block linear weight → stored ``(in, out)`` (Conv1D)."""
+    from realignkit.calib.blocks import decoder_linears
+
+    model = _skeleton(weights.support_dirs[0])
+    prefix = getattr(model, "base_model_prefix", "")
+    found = {}
+    for layer in decoder_linears(model):
+        name = checkpoint_name(layer.weight_name, weights, prefix)
+        if name is None:
+            raise RealignError(
+                f"weight {layer.weight_name!r} of the model is missing from the fine-tuned "
+                "checkpoint"
+            )
+        found[name] = layer.transposed
+    return found
+
+
+class _Opened:
+    """The opened inputs of one run (closed together)."""
+
+    def __init__(self, method: Method, sources: Sources, needed: set[str], stack: ExitStack):
+        pickle = sources.allow_pickle
+        self._needed = needed
+        base = sources.base if ("base" in needed or sources.adapter is not None) else None
+        if method.kind == "layer" and sources.adapter is not None and base is None:
+            base = sources.aligned
+        if base is None and sources.base is not None:
+            base = sources.base  # given anyway: FinetunedWeights checks it matches θ_F
+        self.weights = stack.enter_context(
+            FinetunedWeights(
+                sources.finetuned, base=base, adapter=sources.adapter, allow_pickle=pickle
+            )
+        )
+        self.safety_vector = None
+        if "safety_vector" in needed:
+            from realignkit.methods.safety_vector import SafetyVector
+
+            self.safety_vector = stack.enter_context(SafetyVector(sources.safety_vector))
+        self.readers: dict[str, Any] = {}
+        for role, what in (("aligned", "aligned model"), ("pretrained", "pre-trained model")):
+            if role in needed:
+                self.readers[role] = stack.enter_context(
+                    CheckpointReader(getattr(sources, role), allow_pickle=pickle, what=what)
+                )
+        if "safety_finetune" in needed:
+            if sources.safety_adapter is not None:
+                aligned = sources.aligned if sources.aligned is not None else base
+                if aligned is None:
+                    raise RealignError(
+                        "--safety-adapter needs --aligned, the model it was trained on"
+                    )
+                safety = FinetunedWeights(base=aligned, adapter=sources.safety_adapter)
+            else:
+                safety = FinetunedWeights(sources.safety_finetune, allow_pickle=pickle)
+            safety.what = "safety fine-tune"
+            self.readers["safety_finetune"] = stack.enter_context(safety)
+
+    def describe(self, sources: Sources) -> dict[str, dict[str, str]]:
+        """Every input's path and fingerprint, for the metadata and the card."""
+        paths: dict[str, Any] = dict(self.weights.describe())
+        if self.weights.full is not None and self.weights.base is not None:
+            paths["base"] = str(self.weights.base.dir)
+        if self.safety_vector is not None:
+            paths["safety_vector"] = str(self.safety_vector.dir)
+        for role, reader in self.readers.items():
+            if isinstance(reader, FinetunedWeights):
+                for key, value in reader.describe().items():
+                    paths[f"safety_{key}" if key != "finetuned" else role] = value
+            else:
+                paths[role] = str(reader.dir)
+        if sources.safety_data is not None and "safety_data" in self._needed:
+            paths["safety_data"] = str(Path(sources.safety_data).expanduser().resolve())
+        return {role: {"path": p, "fingerprint": fingerprint(p)} for role, p in paths.items()}
+
+
+def _validate_weight_inputs(opened: _Opened, names: list[str]) -> None:
+    """Every input holds every edited tensor with the fine-tuned model's shape (checked once)."""
+    weights, sv = opened.weights, opened.safety_vector
+    if sv is not None:
+        if sv.architecture != weights.architecture and "unknown" not in (
+            sv.architecture,
+            weights.architecture,
+        ):
+            raise RealignError(
+                f"the safety vector was made for a {sv.architecture}, the fine-tuned "
+                f"model is a {weights.architecture}"
+            )
+        for name in names:
+            if name in sv:
+                if tuple(sv.shape(name)) != tuple(weights.shape(name)):
+                    raise RealignError(
+                        f"tensor {name!r} has shape {tuple(weights.shape(name))} in the "
+                        f"fine-tuned model but {tuple(sv.shape(name))} in the safety vector"
+                    )
+            elif not sv.is_lowrank:
+                raise RealignError(f"tensor {name!r} is missing from the safety vector {sv.dir}")
+    if weights.full is not None and weights.base is not None:
+        check_same_layout(weights.full, weights.base, names)
+    for reader in opened.readers.values():
+        check_same_layout(weights, reader, names)
+
+
+def _checked(name: str, edit: Edit, like: torch.Tensor) -> torch.Tensor:
+    """The method's tensor in the fine-tuned tensor's dtype, shape checked, finite."""
+    tensor = edit.tensor
+    if tuple(tensor.shape) != tuple(like.shape):
+        raise RuntimeError(
+            f"method returned shape {tuple(tensor.shape)} for {name!r}, expected "
+            f"{tuple(like.shape)}"
+        )
+    tensor = tensor.to("cpu", like.dtype)
+    ensure_finite(tensor, name, "the result")  # after the cast: what would be written
+    return tensor
+
+
+def _card_and_meta(
+    writer: CheckpointWriter,
+    method: Method,
+    params: dict[str, Any],
+    inputs: dict[str, dict[str, str]],
+    output: Output,
+    extra: Mapping[str, Any],
+) -> None:
+    """One model card and one ``realignkit.json``, the same shape for every method."""
+    from realignkit import __version__
+
+    title, body = method.card(params, output.stats) if method.card else (method.name, "")
+    kinds = sorted({tensor_kind(n, 2) for n in output.edited})
+    settings = {p.name: _plain(params[p.name]) for p in method.params}
+    settings.update({k: v for k, v in extra.items()})
+    settings["tensors edited"] = len(output.edited)
+    settings["tensors copied unchanged"] = len(output.copied)
+    settings["edited tensor kinds"] = ", ".join(kinds)
+    first = next(iter(inputs.values()), {}).get("path")
+    writer.write_card(
+        model_card(
+            method=title,
+            summary=method.summary,
+            inputs={role: value["path"] for role, value in inputs.items()},
+            params=settings,
+            body=body,
+            base_model=inputs.get("finetuned", {}).get("path") or first,
+        )
+    )
+    output.meta = {
+        "format": META_FORMAT,
+        "schema": META_SCHEMA,
+        "method": method.name,
+        "method_version": method.version,
+        "realignkit_version": __version__,
+        "parameters": {k: _plain(v) for k, v in params.items()},
+        "inputs": inputs,
+        "summary": {k: _plain(v) for k, v in extra.items()},
+        "edited": len(output.edited),
+        "copied": len(output.copied),
+        "weights": output.stats,
+    }
+    writer.write_json(META_FILE, output.meta)
+    if method.extra_meta is not None:
+        for filename, content in method.extra_meta(params, output).items():
+            writer.write_json(filename, content)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def execute(
+    method: Method,
+    sources: Sources,
+    out: PathLike,
+    params: Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    max_shard_size: str | int = "1GB",
+    workers: int = 2,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> Output:
+    """Run ``method`` on ``sources`` with ``params`` and write the re-aligned model to ``out``.
+
+    Everything is checked before anything is written: a bad parameter, a missing input or a
+    layout mismatch ends with a one-line :class:`RealignError` and no output.
+    """
+    resolved = method.resolve(params or {})
+    needed = _check_present(method, sources, resolved)
+    with ExitStack() as stack:
+        opened = _Opened(method, sources, needed, stack)
+        if method.kind == "weight":
+            return _run_weights(
+                method, opened, sources, resolved, needed, out, overwrite, max_shard_size, workers
+            )
+        return _run_layers(
+            method, opened, sources, resolved, out, overwrite, max_shard_size, device, progress
+        )
+
+
+def _run_weights(
+    method: Method,
+    opened: _Opened,
+    sources: Sources,
+    params: dict[str, Any],
+    needed: set[str],
+    out: PathLike,
+    overwrite: bool,
+    max_shard_size: str | int,
+    workers: int,
+) -> Output:
+    weights = opened.weights
+    orientation = linear_orientations(weights) if method.orientation else {}
+    if method.targets == "linears":
+        orientation = orientation or linear_orientations(weights)
+        selected = [n for n in weights.names if n in orientation]
+    else:
+        selected = [
+            n
+            for n in weights.names
+            if default_edits(n, len(weights.shape(n)), weights.dtype(n).is_floating_point, params)
+        ]
+    if not selected:
+        raise RealignError("no tensor of the fine-tuned model is selected for editing")
+    _validate_weight_inputs(opened, selected)
+    selected_set = set(selected)
+    sv, readers = opened.safety_vector, opened.readers
+    assert method.edit_weight is not None
+    edit_weight = method.edit_weight
+
+    def inputs_of(name: str, theta_f: torch.Tensor) -> WeightInputs:
+        return WeightInputs(
+            name,
+            theta_f,
+            base=weights.get_base(name) if "base" in needed else None,
+            safety_vector=sv.get(name, dtype=None) if sv is not None and name in sv else None,
+            transposed=orientation.get(name, False),
+            **{role: reader.get(name) for role, reader in readers.items()},
+        )
+
+    scores: dict[str, float] = {}
+    chosen: set[str] | None = None
+    if method.scan is not None and method.scan_when(params):
+        # First pass: a score per edited weight (nothing kept), then one global choice.
+        scan = method.scan
+        for name, score in map_ordered(
+            lambda n: scan(inputs_of(n, weights.get(n)), params),
+            selected,
+            workers=workers,
+            desc=f"{method.name} (scores)",
+            weights=weights.nbytes,
+        ):
+            scores[name] = score
+        assert method.choose is not None
+        chosen = method.choose(scores, params)
+
+    def realign(name: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        theta_f = weights.get(name)
+        if name not in selected_set:
+            return theta_f, None
+        given = inputs_of(name, theta_f)
+        if chosen is not None:
+            given.score, given.chosen = scores[name], name in chosen
+        edit = edit_weight(given, params)
+        return _checked(name, edit, theta_f), edit.stats
+
+    output = Output(Path(out), method.name, params)
+    plan = [TensorSpec(n, tuple(weights.shape(n)), weights.dtype(n)) for n in weights.names]
+    inputs = opened.describe(sources)
+    with CheckpointWriter(
+        out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
+    ) as writer:
+        for name, (tensor, stats) in map_ordered(
+            realign, weights.names, workers=workers, desc=method.name, weights=weights.nbytes
+        ):
+            writer.add(name, tensor)
+            if name in selected_set:
+                output.edited.append(name)
+                if stats:
+                    output.stats[name] = stats
+            else:
+                output.copied.append(name)
+        writer.copy_support_files(*weights.support_dirs)
+        _card_and_meta(writer, method, params, inputs, output, _summary(output))
+    return output
+
+
+def _summary(output: Output) -> dict[str, Any]:
+    """Totals of the per-weight statistics that are counts or flags (for the card)."""
+    totals: dict[str, Any] = {}
+    for stats in output.stats.values():
+        for key, value in stats.items():
+            if isinstance(value, bool):
+                totals[f"weights {key}"] = totals.get(f"weights {key}", 0) + int(value)
+            elif isinstance(value, int):
+                totals[f"{key} (total)"] = totals.get(f"{key} (total)", 0) + value
+    return totals
+
+
+# --- layer methods: the aligned model runs on the method's data, block after block -----------
+
+
+def safety_batches(
+    data: PathLike, tokenizer: Any, params: Mapping[str, Any]
+) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """Chat-formatted, right-padded batches of (prompt, safe response) rows, and the tokens."""
+    from realignkit.calib.text import encode_chat, make_batches, pad_id_of
+    from realignkit.data import read_prompts, read_rows
+
+    rows = read_rows(data)
+    if not rows:
+        raise RealignError(f"safety data {str(data)!r} hold no rows")
+    response = "response" if "response" in rows[0] else None
+    if response is None:
+        raise RealignError(
+            f"safety data {str(data)!r} need a 'response' column: the safe answers whose "
+            "activations the method keeps"
+        )
+    picked = read_prompts(
+        data, response_column=response, limit=params["num_samples"], seed=params["seed"]
+    )
+    encoded = [
+        encode_chat(
+            tokenizer, str(r["prompt"]), str(r["response"]), max_length=params["max_length"]
+        )
+        for r in picked
+    ]
+    encoded = [e for e in encoded if e.ids]
+    tokens = sum(len(e.ids) for e in encoded)
+    if tokens == 0:
+        raise RealignError(f"safety data {str(data)!r} give no tokens")
+    return make_batches(encoded, params["batch_size"], pad_id_of(tokenizer)), tokens
+
+
+def _run_layers(
+    method: Method,
+    opened: _Opened,
+    sources: Sources,
+    params: dict[str, Any],
+    out: PathLike,
+    overwrite: bool,
+    max_shard_size: str | int,
+    device: str | torch.device | None,
+    progress: bool,
+) -> Output:
+    from realignkit.calib.blocks import decoder_linears
+    from realignkit.calib.hessian import edit_blockwise
+    from realignkit.modeling import default_device, default_dtype, load_causal_lm, load_tokenizer
+
+    weights, aligned = opened.weights, opened.readers["aligned"]
+    check_same_layout(weights, aligned)
+    compute = torch.device(device) if device is not None else default_device()
+    # bf16 activations on accelerators (Hessians still accumulate in fp32), fp32 on the CPU
+    model = load_causal_lm(aligned.dir, dtype=default_dtype(compute), device="cpu")
+    prefix = getattr(model, "base_model_prefix", "")
+    targets: dict[str, str] = {}  # module name → checkpoint tensor name
+    for layer in decoder_linears(model):
+        name = checkpoint_name(layer.weight_name, weights, prefix)
+        if name is None:
+            raise RealignError(
+                f"weight {layer.weight_name!r} of the model is missing from the fine-tuned "
+                "checkpoint"
+            )
+        targets[layer.name] = name
+    tokenizer = load_tokenizer(aligned.dir, padding_side="right")
+    batches, tokens = safety_batches(sources.safety_data, tokenizer, params)  # type: ignore[arg-type]
+    widest = max(layer.in_features for layer in decoder_linears(model))
+    if tokens < widest:
+        raise RealignError(
+            f"safety data give {tokens} tokens, fewer than the {widest} inputs of the widest "
+            "layer: use more --num-samples or a longer --max-length"
+        )
+    assert method.edit_layer is not None
+    edit_layer = method.edit_layer
+    output = Output(Path(out), method.name, params)
+    inputs = opened.describe(sources)
+    writer = CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size)
+    with writer:
+
+        def edit_block(_index: int, layers: list, hessians: dict[str, torch.Tensor]) -> None:
+            for layer in layers:
+                name = targets[layer.name]
+                theta_f = weights.get(name)
+                given = LayerInputs(
+                    name,
+                    aligned=layer.to_kernel(aligned.get(name)).to(compute, torch.float32),
+                    finetuned=layer.to_kernel(theta_f).to(compute, torch.float32),
+                    hessian=hessians[layer.name],
+                )
+                edit = edit_layer(given, params)
+                stored = _checked(name, Edit(layer.from_kernel(edit.tensor)), theta_f)
+                writer.add(name, stored)
+                output.edited.append(name)
+                output.stats[name] = edit.stats
+                if method.sequential:
+                    layer.set_weight(layer.to_kernel(stored))
+
+        edit_blockwise(
+            model,
+            batches,
+            edit_block,
+            device=compute,
+            select=lambda layer: layer.name in targets,
+            progress=progress,
+        )
+        del model
+        edited = set(output.edited)
+        for name in _rest(weights.names, edited):
+            writer.add(name, weights.get(name))
+            output.copied.append(name)
+        writer.copy_support_files(*weights.support_dirs)
+        extra = {"safety data tokens": tokens, **_summary(output)}
+        _card_and_meta(writer, method, params, inputs, output, extra)
+    return output
+
+
+def _rest(names: list[str], done: set[str]) -> Iterator[str]:
+    return (n for n in names if n not in done)

@@ -1,0 +1,307 @@
+"""The method contract: a method declares what it needs and computes edits; nothing else.
+
+A :class:`Method` is a small declared object, in the spirit of mergekit's merge methods:
+
+* its ``name`` (the CLI command and the registry key), a ``version`` and a one-line summary;
+* its :class:`Param` list: type, default, range, help, whether a sweep may vary it;
+* the inputs it needs (:data:`INPUTS`: the fine-tuned weights, the base, the safety vector,
+  the aligned or pre-trained model, a safety fine-tune, safety data...);
+* one pure function. A *weight* method maps the tensors of one weight (:class:`WeightInputs`)
+  to the edited tensor plus statistics; a *layer* method maps one linear layer's aligned and
+  fine-tuned weights and the Hessian of its inputs on data (:class:`LayerInputs`) to the
+  edited weight, the model being run block after block by the executor.
+
+Opening checkpoints, validating layouts, streaming, checking results, writing shards, the
+model card and the metadata file belong to :mod:`realignkit.execute`, once for every method.
+Parameters are checked here, so the CLI, the sweep and ``tune`` all give the same one-line
+error for a misspelt or out-of-range value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from realignkit.errors import RealignError
+
+# What a method may ask the executor for. Values are what the user gives on the CLI.
+INPUTS: dict[str, str] = {
+    "finetuned": "the fine-tuned model θ_F (--finetuned, or --base with --adapter)",
+    "base": "the model the fine-tune started from θ_B (--base)",
+    "safety_vector": "the safety vector v = θ_aligned − θ_unaligned (--safety-vector)",
+    "aligned": "the safety-aligned model θ_A (--aligned)",
+    "pretrained": "the pre-trained model the aligned one was aligned from (--pretrained)",
+    "safety_finetune": "the aligned model fine-tuned on a small safety set (--safety-model)",
+    "safety_data": "harmful prompts with safe responses (--safety-data)",
+}
+KINDS = ("weight", "layer")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared hyper-parameter.
+
+    ``low``/``high`` bound numbers (``open_low``/``open_high`` exclude the bound); ``choices``
+    bound strings; ``rule`` replaces the range's wording in errors; ``flag`` is the CLI option
+    (default ``--name`` with dashes). ``sweepable=False`` keeps it out of sweep grids (a seed
+    the sweep sets itself, a device).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple[str, ...] | None = None
+    rule: str | None = None
+    flag: str | None = None
+    sweepable: bool = True
+    optional: bool = False  # None is a valid value (meaning "off" or "derive it")
+    multiple: bool = False  # a list of values (a repeatable CLI option)
+    # A strength: which way is safer ("higher" / "lower") and where `tune` searches.
+    safer: str | None = None
+    search: tuple[float, float] | None = None
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def range_text(self) -> str:
+        if self.rule:
+            return self.rule
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None and self.high is not None:
+            left = "(" if self.open_low else "["
+            right = ")" if self.open_high else "]"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.open_high else '<='} {self.high:g}"
+        return f"a {self.type.__name__}"
+
+    def check(self, value: Any, label: str | None = None) -> Any:
+        """``value`` coerced to the declared type, or a one-line error naming ``label``."""
+        label = label or self.option
+        if value is None:
+            if self.optional or self.default is None:
+                return None
+            raise RealignError(f"{label} needs a value ({self.range_text()})")
+        if self.multiple:
+            items = [value] if isinstance(value, str) else list(value)
+            return tuple(self._one(v, label) for v in items)
+        return self._one(value, label)
+
+    def _one(self, value: Any, label: str) -> Any:
+        wrong = RealignError(f"{label} must be {self.range_text()}, got {value!r}")
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+                return value.lower() in ("true", "yes")
+            raise wrong
+        if self.type in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise wrong
+            try:
+                number = self.type(value)
+            except ValueError as err:
+                raise wrong from err
+            if self.type is int and float(value) != number:
+                raise wrong
+            if isinstance(number, float) and not math.isfinite(number):
+                raise RealignError(f"{label} must be {self.range_text()}, got {value}")
+            if self.low is not None and (
+                number < self.low or (self.open_low and number == self.low)
+            ):
+                raise RealignError(f"{label} must be {self.range_text()}, got {value}")
+            if self.high is not None and (
+                number > self.high or (self.open_high and number == self.high)
+            ):
+                raise RealignError(f"{label} must be {self.range_text()}, got {value}")
+            return number
+        text = str(value)
+        if self.choices and text not in self.choices:
+            raise wrong
+        return text
+
+
+@dataclass
+class WeightInputs:
+    """The tensors of one weight a *weight* method sees (those it declared, else None).
+
+    Tensors are in the checkpoint's orientation and stored dtype; ``transposed`` says the
+    weight is stored ``(in, out)`` (GPT-2's Conv1D), for methods that act on a side.
+    """
+
+    name: str
+    finetuned: torch.Tensor
+    base: torch.Tensor | None = None
+    safety_vector: torch.Tensor | None = None
+    aligned: torch.Tensor | None = None
+    pretrained: torch.Tensor | None = None
+    safety_finetune: torch.Tensor | None = None
+    transposed: bool = False
+    # methods with a first pass (``scan``/``choose``): this weight's score and the verdict
+    score: float | None = None
+    chosen: bool | None = None
+
+
+@dataclass
+class LayerInputs:
+    """One linear layer for a *layer* method, in ``(out, in)`` orientation, float32.
+
+    ``hessian`` is ``(2/n) Σ x xᵀ`` of the layer's inputs on the method's data, as the model
+    run by the executor (the aligned model, with earlier blocks already edited) saw them.
+    """
+
+    name: str
+    aligned: torch.Tensor
+    finetuned: torch.Tensor
+    hessian: torch.Tensor
+
+
+@dataclass
+class Edit:
+    """A method's answer for one weight: the new tensor (any float dtype: the executor casts it
+    to the fine-tuned tensor's dtype once, then checks it) and statistics for the metadata."""
+
+    tensor: torch.Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+EditWeight = Callable[[WeightInputs, Mapping[str, Any]], Edit]
+EditLayer = Callable[[LayerInputs, Mapping[str, Any]], Edit]
+
+
+def _always(_params: Mapping[str, Any]) -> Mapping[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A declared re-alignment method (see the module docstring).
+
+    ``needs`` are the inputs it always reads; ``needs_when(params)`` maps the inputs that some
+    settings add to the error shown when they are missing (RESTA reads the base only with
+    DARE: ``{"base": "--dare needs --base, ..."}``). ``orientation`` asks the executor for
+    each weight's orientation (``WeightInputs.transposed``). A *layer* method that is not
+    ``sequential`` sees every layer's inputs as the unedited aligned model produces them.
+    ``validate(params)`` checks rules that tie parameters together. ``card(params, stats)``
+    gives the card's method name and its "Method" section. A weight method with ``scan`` gets
+    a first streaming pass: ``scan`` scores every edited weight, ``choose(scores, params)``
+    picks the names to edit (a global ranking), and the second pass sees ``score``/``chosen``.
+    ``extra_meta(params, output)`` adds method-specific JSON files ``{filename: object}``.
+    A weight method edits the decoder blocks' 2-D weights, plus the kinds of a declared
+    ``include`` parameter (``targets="linears"``: their linear layers only).
+    ``sweep_defaults`` are the settings the sweep's recipe starts from; ``sweep_grid`` is the
+    grid a demo sweeps when nobody chose one.
+    """
+
+    name: str
+    version: int
+    summary: str
+    kind: str
+    params: tuple[Param, ...]
+    needs: frozenset[str]
+    edit_weight: EditWeight | None = None
+    edit_layer: EditLayer | None = None
+    needs_when: Callable[[Mapping[str, Any]], Mapping[str, str]] = _always
+    validate: Callable[[Mapping[str, Any]], None] | None = None
+    card: Callable[[Mapping[str, Any], Mapping[str, Any]], tuple[str, str]] | None = None
+    scan: Callable[[WeightInputs, Mapping[str, Any]], float] | None = None
+    choose: Callable[[Mapping[str, float], Mapping[str, Any]], set[str]] | None = None
+    scan_when: Callable[[Mapping[str, Any]], bool] = lambda _params: True
+    extra_meta: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
+    targets: str = "block_weights"  # or "linears": the decoder blocks' linear layers only
+    recipe: bool = True  # a registry recipe (the sweep, the demo)
+    orientation: bool = False
+    sequential: bool = True  # layer methods: later blocks see the edited earlier blocks
+    help: str = ""  # the CLI command's help (default: the summary)
+    cli: bool = True  # register a `realignkit NAME` command built from the declaration
+    sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
+    sweep_grid: Mapping[str, Any] = field(default_factory=dict)  # the demo's default grid
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"method kind must be one of {KINDS}, got {self.kind!r}")
+        unknown = set(self.needs) - set(INPUTS)
+        if unknown:
+            raise ValueError(f"method {self.name!r} needs unknown inputs {sorted(unknown)}")
+        if (self.edit_weight is None) == (self.edit_layer is None):
+            raise ValueError("a method has exactly one of edit_weight and edit_layer")
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params]
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise RealignError(
+            f"method {self.name!r} has no parameter {name!r}; "
+            f"its parameters: {', '.join(self.param_names)}"
+        )
+
+    def resolve(
+        self, values: Mapping[str, Any], *, where: str | None = None, sweep: bool = False
+    ) -> dict[str, Any]:
+        """Every parameter's checked value (defaults filled in), or a one-line error.
+
+        ``where`` prefixes labels (``sweep config: resta.``) instead of CLI flags; ``sweep``
+        refuses parameters a sweep may not vary.
+        """
+        prefix = f"{where}{self.name}." if where is not None else None
+        known = {p.name: p for p in self.params}
+        for key in values:
+            if key not in known:
+                lead = f"{where}" if where else ""
+                raise RealignError(
+                    f"{lead}method {self.name!r} has no parameter {key!r}; "
+                    f"its parameters: {', '.join(self.param_names)}"
+                )
+            if sweep and not known[key].sweepable:
+                raise RealignError(
+                    f"{where or ''}{self.name}.{key} cannot be swept; sweepable: "
+                    + ", ".join(p.name for p in self.params if p.sweepable)
+                )
+        out = {}
+        for p in self.params:
+            label = f"{prefix}{p.name}" if prefix is not None else None
+            out[p.name] = p.check(values.get(p.name, p.default), label)
+        if self.validate is not None:
+            self.validate(out)
+        return out
+
+    def inputs_needed(self, params: Mapping[str, Any]) -> frozenset[str]:
+        return frozenset(self.needs) | frozenset(self.needs_when(params))
+
+
+def declared_params(params: Sequence[Param]) -> dict[str, Param]:
+    """Parameters by name (a helper for method modules)."""
+    return {p.name: p for p in params}
+
+
+# Parameters of every *layer* method: which safety data the executor runs, and how.
+DATA_PARAMS: tuple[Param, ...] = (
+    Param("num_samples", int, 128, "Rows of --safety-data used (a seeded sample).", low=1),
+    Param("max_length", int, 512, "Tokens per row, at most.", low=2),
+    Param("batch_size", int, 8, "Rows per forward pass.", low=1, sweepable=False),
+    Param(
+        "damping",
+        float,
+        0.01,
+        "Fraction of mean(diag H) added to the Hessian's diagonal before inverting it.",
+        low=0.0,
+    ),
+    Param("seed", int, 0, "Seed of the data sample.", sweepable=False),
+)
