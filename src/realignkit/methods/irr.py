@@ -31,7 +31,7 @@ import torch
 
 from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
 from realignkit.calib.fisher import FisherScores
-from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, model_card
+from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, check_same_layout, model_card
 from realignkit.errors import RealignError
 from realignkit.methods.registry import Realigned, RealignJob, recipe
 from realignkit.methods.safety_vector import SafetyVector
@@ -408,6 +408,7 @@ def irr(
         raise RealignError("recalibration needs --calibration data (or pass --no-recalibrate)")
     device = torch.device(settings.device) if settings.device else default_device()
     # Everything is checked before anything is written: a mismatch leaves no output.
+    check_same_layout(safety_vector, weights)
     targets = plan_targets(_skeleton(weights), weights, safety_vector, fisher, settings)
     tokenizer = examples = None
     if settings.recalibrate:

@@ -126,6 +126,8 @@ def resta(
             raise RealignError(
                 f"tensor {name!r} is missing from the safety vector {safety_vector.dir}"
             )
+    # Every tensor the safety vector edits must be in θ_F, same shape, same vocabulary.
+    check_same_layout(safety_vector, finetuned)
     if drop_p > 0.0 and finetuned.full is not None:
         assert finetuned.base is not None
         check_same_layout(finetuned.full, finetuned.base, selected)

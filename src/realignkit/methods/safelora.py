@@ -333,7 +333,7 @@ def safelora_full(
         pretrained, allow_pickle=allow_pickle, what="pre-trained model"
     )
     with ft, aligned_ckpt, pretrained_ckpt:
-        check_same_layout(ft, aligned_ckpt)
+        check_same_layout(ft, aligned_ckpt, same_set=True)
         targets = block_weights(ft)
         check_layer_count(selection, len(targets))
         check_same_layout(aligned_ckpt, pretrained_ckpt, list(targets))
