@@ -41,6 +41,7 @@ class FinetunedWeights:
             raise RealignError("give either the fine-tuned model or --adapter, not both")
         if adapter is not None and base is None:
             raise RealignError("--adapter needs --base, the model the adapter was trained on")
+        self.allow_pickle = allow_pickle  # for loaders that run the model (IRR recalibration)
         self.base: CheckpointReader | None = (
             CheckpointReader(base, allow_pickle=allow_pickle, what="base model") if base else None
         )

@@ -369,7 +369,9 @@ def _load_running_model(weights: FinetunedWeights, settings: IRRSettings, device
     from realignkit.modeling import default_dtype, load_causal_lm
 
     dtype = settings.dtype or default_dtype(device)
-    model = load_causal_lm(weights.support_dirs[0], dtype=dtype, device="cpu")
+    model = load_causal_lm(
+        weights.support_dirs[0], dtype=dtype, device="cpu", allow_pickle=weights.allow_pickle
+    )
     if weights.adapter is not None:
         # The main folder is the base: put θ_F = θ_B + scale·B·A into every adapted tensor.
         base_prefix = getattr(model, "base_model_prefix", "")
@@ -456,6 +458,8 @@ def irr(
             stats.error_recalibrated = output_error(kept - delta, hessian)
             recal = (theta_b.float() + layer.from_kernel(kept).cpu()).to(theta_f.dtype)
             new = torch.where(unsafe_stored, theta_b, recal)
+        # θ_B and θ_F may differ in dtype (torch.where promotes): store θ_F's dtype.
+        new = new.to(weights.dtype(target.name))
         writer.add(target.name, new)
         result.layers.append(stats)
         return layer.to_kernel(new)
