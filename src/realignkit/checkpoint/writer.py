@@ -105,6 +105,15 @@ def _shard_header(specs: Sequence[TensorSpec]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library wraps it (safetensors' Rust writer reports
+    ``IoError(Os { code: 28, kind: StorageFull ... })``)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "StorageFull" in text or "QuotaExceeded" in text
+
+
 class CheckpointWriter:
     """Write a folder of safetensors shards (+ index) atomically.
 
@@ -179,18 +188,15 @@ class CheckpointWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self._discard()
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self._disk_full(exc) from exc
+            if is_disk_full(exc):
+                raise self._disk_full() from exc
             return
         try:
             self._finish()
-        except OSError as err:
+        except BaseException as err:
             self._discard()
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise self._disk_full(err) from err
-            raise
-        except BaseException:
-            self._discard()
+            if is_disk_full(err):
+                raise self._disk_full() from err
             raise
         finally:
             self._open = False
@@ -203,10 +209,10 @@ class CheckpointWriter:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self._open = False
 
-    def _disk_full(self, err: OSError) -> RealignError:
+    def _disk_full(self) -> RealignError:
         return RealignError(
-            f"no space left on the device while writing {str(self.out_dir)!r} "
-            f"({os.strerror(err.errno)}); nothing was written: free some space and run again"
+            f"no space left on the device while writing {str(self.out_dir)!r}; nothing was "
+            "written: free some space and run again"
         )
 
     # -- content ------------------------------------------------------------------------------

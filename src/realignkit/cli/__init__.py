@@ -6,7 +6,6 @@ imported. Modules only parse options, call the Python API and print; no logic li
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -14,6 +13,7 @@ import sys
 import threading
 import traceback
 
+from realignkit.checkpoint.writer import is_disk_full
 from realignkit.cli import demo as _demo  # noqa: E402,F401  demo
 from realignkit.cli import evaluate as _evaluate  # noqa: E402,F401  eval, judge, compare
 from realignkit.cli import irr as _irr  # noqa: E402,F401  fisher, irr
@@ -46,11 +46,14 @@ def _fail(message: str, code: int, debug: bool) -> None:
     sys.exit(code)
 
 
+def _kinds(err: BaseException) -> set[str]:
+    """Class names up the MRO: typer vendors click, so its exceptions are matched by name."""
+    return {cls.__name__ for cls in type(err).__mro__}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point. Exit 0 done, 2 bad input (one ``error:`` line), 130 interrupted (Ctrl-C or
     SIGTERM), 1 unexpected; ``--debug`` (anywhere) or ``REALIGNKIT_DEBUG=1`` adds tracebacks."""
-    import click
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("REALIGNKIT_DEBUG", "") not in ("", "0")
@@ -61,18 +64,23 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=args, standalone_mode=False)
     except RealignError as err:
         _fail(f"error: {err}", EXIT_BAD_INPUT, debug)
-    except (Interrupted, KeyboardInterrupt, click.exceptions.Abort):
+    except (Interrupted, KeyboardInterrupt):
         _fail(INTERRUPTED_MESSAGE, EXIT_INTERRUPTED, debug)
     except SystemExit:
         raise
-    except click.exceptions.ClickException as err:  # usage errors: exit 2
-        err.show()
-        sys.exit(err.exit_code)
-    except OSError as err:
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            _fail(f"error: no space left on the device ({err})", EXIT_BAD_INPUT, debug)
-        _unexpected(err, debug)
     except Exception as err:
+        kinds = _kinds(err)
+        if "Abort" in kinds:  # click's name for an interrupted prompt
+            _fail(INTERRUPTED_MESSAGE, EXIT_INTERRUPTED, debug)
+        if "UsageError" in kinds:  # a bad option value: one line too
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _fail(f"error: {err.format_message()}{hint}", EXIT_BAD_INPUT, debug)  # type: ignore[attr-defined]
+        if "ClickException" in kinds:
+            err.show()  # type: ignore[attr-defined]
+            sys.exit(err.exit_code)  # type: ignore[attr-defined]
+        if is_disk_full(err):  # outside the checkpoint writer (e.g. eval's report)
+            _fail(f"error: no space left on the device ({err})", EXIT_BAD_INPUT, debug)
         _unexpected(err, debug)
     finally:
         if in_main_thread:

@@ -168,6 +168,13 @@ class SafetyVector:
         self.dir = folder
         self._reader = CheckpointReader(folder, what="safety vector")
         self._tensors: dict[str, dict[str, Any]] = self.meta["tensors"]
+        for name, entry in self._tensors.items():  # the files hold what the metadata lists
+            for key in (name + LEFT, name + RIGHT) if entry.get("lowrank") else (name,):
+                if key not in self._reader:
+                    raise RealignError(
+                        f"tensor {key!r} of the safety vector is missing from "
+                        f"{self._reader.location!r} ({META_FILE} lists it): the folder is damaged"
+                    )
         self.names: list[str] = list(self._tensors)
         self.config = {
             "architectures": [self.meta.get("architecture", "unknown")],
