@@ -557,26 +557,36 @@ def test_irr_allow_pickle_recalibrates(world, tmp_path, capsys) -> None:
     assert (tmp_path / "out" / "realignkit.json").is_file()
 
 
-@pytest.mark.parametrize("base_dtype", [torch.bfloat16, torch.float32])
-def test_irr_output_keeps_the_finetuned_dtype(world, tmp_path, capsys, base_dtype) -> None:
-    """θ_F in fp16 and θ_B in bf16/fp32: every written tensor is fp16 and the config says so."""
-    from transformers import AutoConfig
+DTYPE_COMMANDS = {
+    "irr": "irr --safety-vector {SV} --finetuned {F} --base {B} --mask magnitude "
+    "--calibration {data} --min-calibration-tokens 1 --dtype fp32",
+    "resta+dare": "resta --safety-vector {SV} --finetuned {F} --base {B} --dare 0.3",
+    "safelora-full": "safelora --full --finetuned {F} --aligned {B} --pretrained {U}",
+}
 
+
+@pytest.mark.parametrize("command", DTYPE_COMMANDS)
+@pytest.mark.parametrize("base_dtype", [torch.bfloat16, torch.float32])
+def test_output_keeps_the_finetuned_dtype(world, tmp_path, capsys, base_dtype, command) -> None:
+    """θ_F in fp16, θ_B in bf16 or fp32: every written tensor is fp16, and so is the config
+    (IRR used to write fp32 edits under a float16 config)."""
     from_base = build_tiny_model("llama", seed=0)
-    base = save_tiny_model("llama", tmp_path / "B", model=from_base, dtype=base_dtype)
-    finetuned = save_tiny_model(
-        "llama", tmp_path / "F", model=perturbed_copy(from_base, seed=1), dtype=torch.float16
+    names = {k: str(v) for k, v in world.items()}
+    names["B"] = str(save_tiny_model("llama", tmp_path / "B", model=from_base, dtype=base_dtype))
+    names["F"] = str(
+        save_tiny_model(
+            "llama", tmp_path / "F", model=perturbed_copy(from_base, seed=1), dtype=torch.float16
+        )
     )
     out = tmp_path / "out"
-    args = ["irr", "--safety-vector", world["SV"], "--finetuned", finetuned, "--base", base]
-    args += ["--mask", "magnitude", "--calibration", world["data"], "-o", out]
-    args += ["--min-calibration-tokens", "1", "--dtype", "fp32"]
-    assert run_cli(args) == 0, capsys.readouterr().err
-    written = {}
-    for shard in out.glob("*.safetensors"):
-        written.update(load_file(shard))
+    argv = DTYPE_COMMANDS[command].format(**names).split() + ["-o", str(out)]
+    if command == "safelora-full":
+        argv += ["--threshold", "1.0"]  # project every layer: every tensor goes through the edit
+    assert run_cli(argv) == 0, capsys.readouterr().err
+    written = load_folder_tensors(out)
     assert written and {t.dtype for t in written.values()} == {torch.float16}
-    assert AutoConfig.from_pretrained(out).dtype == torch.float16
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "float16"
 
 
 def test_unexpected_error_is_exit_1_with_traceback_only_under_debug(
