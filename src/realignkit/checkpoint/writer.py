@@ -10,6 +10,7 @@ leaves no half model behind. Where the output may go and what it may replace is 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -204,7 +205,9 @@ class CheckpointWriter:
     def _discard(self) -> None:
         """Delete the unfinished temporary folder (the destination was never touched)."""
         if self._shard_file is not None:
-            self._shard_file.close()
+            # Its buffered tail may not flush to a full disk: irrelevant, the file goes.
+            with contextlib.suppress(OSError):
+                self._shard_file.close()
             self._shard_file = None
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self._open = False
