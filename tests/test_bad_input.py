@@ -475,7 +475,7 @@ def _run_killed(argv: list[str], out: Path, sig: signal.Signals) -> tuple[int, s
         text=True,
     )
     deadline = time.monotonic() + 120
-    while not any(t.glob("*.safetensors") for t in _temporaries(out)):  # writing has begun
+    while not any(any(t.glob("*.safetensors")) for t in _temporaries(out)):  # writing has begun
         assert child.poll() is None, child.communicate()[1]
         assert time.monotonic() < deadline, "the child never started writing"
         time.sleep(0.02)
@@ -534,7 +534,8 @@ def test_bad_input_leaves_no_output_and_inputs_unchanged(
         assert run_cli(_argv(case, world, out) + ["--workers", "1"]) == 0
         assert not _temporaries(out) and (out / "realignkit.json").is_file()
     else:
-        assert not _temporaries(out), "a temporary folder was left beside the output"
+        left = {str(t): sorted(p.name for p in t.iterdir()) for t in _temporaries(out)}
+        assert not left, f"temporary folders left beside the output: {left}\n{err}"
 
 
 # -- what used to fail and now works -------------------------------------------------------

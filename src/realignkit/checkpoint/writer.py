@@ -182,8 +182,12 @@ class CheckpointWriter:
                 f"output {str(self.out_dir)!r}: {str(self.out_dir.parent)!r} is not a folder"
             ) from err
         remove_stale_temporaries(self.out_dir)
-        self.tmp_dir.mkdir()
-        self._open = True
+        try:
+            self.tmp_dir.mkdir()
+            self._open = True
+        except BaseException:  # Ctrl-C right here: __exit__ will not run, so clean up now
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
