@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import load_folder_tensors
+from safetensors.torch import load_file
 from tiny import ARCHITECTURES, build_tiny_model, save_tiny_model
 
 from realignkit.checkpoint import CheckpointReader, CheckpointWriter, FinetunedWeights
@@ -87,15 +88,40 @@ def test_writer_leaves_nothing_after_a_crash(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_writer_refuses_existing_output_unless_overwrite(tmp_path: Path) -> None:
+def test_writer_replaces_only_its_own_output_and_only_with_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(RealignError, match="exists"):
         CheckpointWriter(out)
-    with CheckpointWriter(out, overwrite=True) as writer:
+    with pytest.raises(RealignError, match="not written by realignkit"):
+        CheckpointWriter(out, overwrite=True)  # a user's own folder is never deleted
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    with CheckpointWriter(out) as writer:
         writer.add("a", torch.ones(3))
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert (out / "realignkit.json").is_file()
+    with CheckpointWriter(out, overwrite=True) as writer:
+        writer.add("b", torch.ones(2))
+    assert load_file(out / "model.safetensors").keys() == {"b"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left beside it
+
+
+def test_writer_swaps_atomically_and_clears_stale_temporaries(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with CheckpointWriter(out) as writer:
+        writer.add("a", torch.ones(3))
+    stale = tmp_path / ".out.tmp-999999999-deadbeef"  # a killed run's (its PID is gone)
+    stale.mkdir()
+    old_style = tmp_path / ".out.tmp-cafe1234"
+    old_style.mkdir()
+    with CheckpointWriter(out, overwrite=True) as writer:
+        assert not stale.exists() and not old_style.exists()
+        writer.add("a", torch.zeros(3))
+        # The old output is intact until the new one is complete.
+        assert load_file(out / "model.safetensors")["a"].sum() == 3
+    assert load_file(out / "model.safetensors")["a"].sum() == 0
 
 
 def _peft_adapter(arch: str, base, folder: Path, **lora_kwargs) -> Path:

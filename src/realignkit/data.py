@@ -21,6 +21,32 @@ from realignkit.errors import RealignError
 Row = dict[str, Any]
 
 
+class _Located(dict):
+    """A row that remembers where it was read (``"line 7"``, ``"item 3"``) for messages."""
+
+    where: str = ""
+
+
+def _located(row: Any, where: str, path: Path) -> _Located:
+    if not isinstance(row, dict):
+        raise RealignError(f"{path}, {where}: expected an object with named columns")
+    located = _Located(row)
+    located.where = where
+    return located
+
+
+def _read_jsonl(fh: Any, path: Path) -> list[Row]:
+    rows: list[Row] = []
+    for number, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_located(json.loads(line), f"line {number}", path))
+        except json.JSONDecodeError as err:
+            raise RealignError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+    return rows
+
+
 def _open_text(path: Path):
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
@@ -57,11 +83,13 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
     try:
         with _open_text(path) as fh:
             if kind == ".jsonl":
-                rows = [json.loads(line) for line in fh if line.strip()]
+                rows = _read_jsonl(fh, path)
             elif kind == ".json":
-                rows = _flatten_json(json.load(fh), path)
+                flat = _flatten_json(json.load(fh), path)
+                rows = [_located(r, f"item {i}", path) for i, r in enumerate(flat, start=1)]
             elif kind in (".csv", ".tsv"):
-                rows = list(csv.DictReader(fh, delimiter="\t" if kind == ".tsv" else ","))
+                reader = csv.DictReader(fh, delimiter="\t" if kind == ".tsv" else ",")
+                rows = [_located(r, f"line {reader.line_num}", path) for r in reader]
             else:
                 raise RealignError(
                     f"{path}: unknown data format {kind!r}; use .jsonl, .json or .csv"
@@ -74,13 +102,22 @@ def read_rows(path: str | os.PathLike[str]) -> list[Row]:
 
 
 def require_columns(rows: Sequence[Row], columns: Sequence[str], source: str) -> None:
-    """Fail with the available column names when one of ``columns`` is missing."""
+    """Every row has every one of ``columns`` with a value: checked for all rows before any
+    long work, naming the file's line of the first bad row (and the columns there are)."""
     have = set(rows[0]) if rows else set()
     missing = [c for c in columns if c not in have]
     if missing:
         raise RealignError(
             f"{source}: no column {missing[0]!r}; columns are {', '.join(sorted(have))}"
         )
+    for index, row in enumerate(rows, start=1):
+        for column in columns:
+            if row.get(column) is None:
+                where = getattr(row, "where", "") or f"row {index}"
+                raise RealignError(
+                    f"{source}, {where}: no value in column {column!r} "
+                    f"(columns there: {', '.join(sorted(row)) or 'none'})"
+                )
 
 
 def subsample(rows: list[Row], limit: int | None, seed: int = 0) -> list[Row]:

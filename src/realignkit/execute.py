@@ -247,6 +247,8 @@ def _validate_weight_inputs(opened: _Opened, names: list[str]) -> None:
                     )
             elif not sv.is_lowrank:
                 raise RealignError(f"tensor {name!r} is missing from the safety vector {sv.dir}")
+        # every tensor the safety vector edits is in θ_F, same shape, same vocabulary
+        check_same_layout(sv, weights)
     if weights.full is not None and weights.base is not None:
         check_same_layout(weights.full, weights.base, names)
     for reader in opened.readers.values():

@@ -90,6 +90,28 @@ def load_tokenizer(
     return tok
 
 
+def check_model_folder(
+    model_dir: Path, adapter_dir: Path | None = None, *, allow_pickle: bool = False
+) -> None:
+    """Before a model is loaded to run: its weight files are whole (headers parse, no shard is
+    truncated) and an adapter fits it entirely (every adapted tensor exists with its shape,
+    ranks match the config), checked the way the weight commands check them."""
+    from contextlib import closing
+
+    from realignkit.checkpoint.adapter import LoraAdapter
+    from realignkit.checkpoint.reader import CheckpointReader
+
+    with CheckpointReader(model_dir, allow_pickle=allow_pickle) as ckpt:
+        if adapter_dir is not None:
+            with closing(LoraAdapter(adapter_dir)) as lora:
+                lora.check_against(ckpt)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_causal_lm(
     model: str | os.PathLike[str],
     *,
@@ -112,6 +134,8 @@ def load_causal_lm(
     model_dir = resolve_model_dir(model, allow_pickle=allow_pickle)
     if not (model_dir / "config.json").exists():
         raise RealignError(f"model {str(model_dir)!r} has no config.json")
+    adapter_dir = resolve_model_dir(adapter, what="adapter") if adapter is not None else None
+    check_model_folder(model_dir, adapter_dir, allow_pickle=allow_pickle)
     try:
         lm = AutoModelForCausalLM.from_pretrained(
             model_dir,
@@ -119,16 +143,18 @@ def load_causal_lm(
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RealignError(f"cannot load model {str(model_dir)!r}: {first_line}") from err
-    if adapter is not None:
+    except Exception as err:  # transformers and safetensors raise many kinds
+        raise RealignError(f"cannot load model {str(model_dir)!r}: {_first_line(err)}") from err
+    if adapter_dir is not None:
         from peft import PeftModel
 
-        adapter_dir = resolve_model_dir(adapter, what="adapter")
-        if not (adapter_dir / "adapter_config.json").exists():
-            raise RealignError(f"adapter {str(adapter_dir)!r} has no adapter_config.json")
-        lm = PeftModel.from_pretrained(lm, adapter_dir)
+        try:
+            lm = PeftModel.from_pretrained(lm, adapter_dir)
+        except Exception as err:  # PEFT's own refusals, as one line
+            raise RealignError(
+                f"PEFT cannot apply adapter {str(adapter_dir)!r} to {str(model_dir)!r}: "
+                f"{_first_line(err)}"
+            ) from err
         if merge_adapter:
             lm = lm.merge_and_unload()
     lm.to(device)

@@ -297,6 +297,11 @@ def compute_fisher(
         max_accumulator_bytes=int(max_accumulator_gib * 2**30) if max_accumulator_gib else None,
         progress=progress,
     )
+    from realignkit.checkpoint import ensure_finite
+
+    for name, tensor in scores.items():
+        # NaN/Inf gradients (an fp16 overflow, a broken model) would rank nothing: refuse.
+        ensure_finite(tensor, name, f"the Fisher scores of {str(model)!r} (try --dtype fp32)")
     model_dir = Path(getattr(lm, "name_or_path", "") or model)
     meta = {
         "format": FORMAT,

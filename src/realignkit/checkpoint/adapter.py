@@ -94,6 +94,41 @@ class LoraAdapter:
             self._lora[f"{module}.weight"] = (found["A"], found["B"], bool(found["emb"]))
         if not self._lora and not self._full:
             raise RealignError(f"{self.dir}: the adapter holds no LoRA weights")
+        self._check_config_matches_tensors()
+
+    def _check_config_matches_tensors(self) -> None:
+        """The config's ranks and target modules describe the saved tensors (PEFT would
+        otherwise load part of the adapter, or fail with a traceback)."""
+        rank_pattern = self.config.get("rank_pattern") or {}
+        for weight, (key_a, key_b, _) in self._lora.items():
+            module = weight.removesuffix(".weight")
+            rank_a, rank_b = self._reader.shape(key_a)[0], self._reader.shape(key_b)[-1]
+            declared = _pattern_value(rank_pattern, module, self.config.get("r"))
+            if rank_a != rank_b or (declared is not None and int(declared) != rank_a):
+                raise RealignError(
+                    f"adapter {str(self.dir)!r}: {module!r} has rank {rank_a} (lora_A) and "
+                    f"{rank_b} (lora_B) but adapter_config.json says r={declared}"
+                )
+        targets = self.config.get("target_modules")
+        if not targets or targets == "all-linear":
+            return
+        modules = [w.removesuffix(".weight") for w in self._lora]
+        if isinstance(targets, str):
+            stray = [m for m in modules if not re.fullmatch(targets, m)]
+            unused: list[str] = []
+        else:
+            stray = [m for m in modules if not any(m == t or m.endswith("." + t) for t in targets)]
+            unused = [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+        if stray or unused:
+            detail = (
+                f"tensors for {stray[0]!r}, which target_modules {targets} does not name"
+                if stray
+                else f"target_modules names {unused[0]!r} but no tensor adapts it"
+            )
+            raise RealignError(
+                f"adapter {str(self.dir)!r}: adapter_config.json and the saved tensors disagree "
+                f"({detail})"
+            )
 
     # -- description --------------------------------------------------------------------------
     def target_weights(self) -> list[str]:

@@ -41,6 +41,7 @@ class FinetunedWeights:
             raise RealignError("give either the fine-tuned model or --adapter, not both")
         if adapter is not None and base is None:
             raise RealignError("--adapter needs --base, the model the adapter was trained on")
+        self.allow_pickle = allow_pickle  # for loaders that run the model (IRR recalibration)
         self.base: CheckpointReader | None = (
             CheckpointReader(base, allow_pickle=allow_pickle, what="base model") if base else None
         )
@@ -50,7 +51,7 @@ class FinetunedWeights:
                 finetuned, allow_pickle=allow_pickle, what="fine-tuned model"
             )
             if self.base is not None:
-                check_same_layout(self.full, self.base)
+                check_same_layout(self.full, self.base, same_set=True)
         else:
             self.full = None
             assert self.base is not None and self.adapter is not None
@@ -64,6 +65,8 @@ class FinetunedWeights:
         # its own tokenizer (added chat tokens) overrides it.
         self.support_dirs: list[Path] = [main.dir] + ([self.adapter.dir] if self.adapter else [])
         self.what = "fine-tuned model"
+        self.dir: Path = main.dir
+        self.location = main.location if self.full is not None else None
 
     @property
     def architecture(self) -> str:
@@ -124,23 +127,51 @@ class FinetunedWeights:
         self.close()
 
 
+def where(source: Any) -> str:
+    """The file (or folder) a tensor of ``source`` is read from, for error messages."""
+    return str(getattr(source, "location", None) or source.dir)
+
+
 def check_same_layout(
-    a: CheckpointReader | FinetunedWeights,
-    b: CheckpointReader | FinetunedWeights,
+    a: Any,
+    b: Any,
     names: list[str] | None = None,
+    *,
+    same_set: bool = False,
 ) -> None:
-    """Same architecture, and every tensor of ``names`` (default: all of ``a``) in ``b`` with
-    the same shape; otherwise a one-line error naming the first offending tensor."""
+    """``a`` and ``b`` describe one model: same architecture and vocabulary, every tensor of
+    ``names`` (default: all of ``a``) in ``b`` with the same shape, and with ``same_set`` no
+    tensor of ``b`` absent from ``a``. Otherwise a one-line error naming the first offending
+    tensor and the file it was expected in.
+
+    ``a`` and ``b`` are anything with ``names``, ``shape``, ``in``, ``architecture``, ``what``
+    and ``dir``: checkpoints, :class:`FinetunedWeights`, safety vectors, Fisher scores.
+    """
     if a.architecture != b.architecture and "unknown" not in (a.architecture, b.architecture):
         raise RealignError(
             f"{a.what} is a {a.architecture} but {b.what} is a {b.architecture}: "
             "the models must share one architecture"
         )
+    vocab_a = (getattr(a, "config", None) or {}).get("vocab_size")
+    vocab_b = (getattr(b, "config", None) or {}).get("vocab_size")
+    if vocab_a is not None and vocab_b is not None and vocab_a != vocab_b:
+        raise RealignError(
+            f"the {a.what} has a vocabulary of {vocab_a} tokens but the {b.what} {where(b)!r} "
+            f"has {vocab_b}: they are not the same model family"
+        )
     for name in names if names is not None else a.names:
         if name not in b:
-            raise RealignError(f"tensor {name!r} of the {a.what} is missing from the {b.what}")
+            raise RealignError(
+                f"tensor {name!r} of the {a.what} is missing from the {b.what} {where(b)!r}"
+            )
         if tuple(a.shape(name)) != tuple(b.shape(name)):
             raise RealignError(
                 f"tensor {name!r} has shape {tuple(a.shape(name))} in the {a.what} but "
                 f"{tuple(b.shape(name))} in the {b.what}"
             )
+    if same_set:
+        for name in b.names:
+            if name not in a:
+                raise RealignError(
+                    f"tensor {name!r} of the {b.what} is missing from the {a.what} {where(a)!r}"
+                )

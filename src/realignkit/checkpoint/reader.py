@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from realignkit.checkpoint.output import track_input, untrack_input
 from realignkit.checkpoint.source import resolve_model_dir
 from realignkit.errors import RealignError
 
@@ -149,6 +150,7 @@ class CheckpointReader:
         """Open ``path`` (folder or hub id); ``files`` overrides which weight files to read."""
         self.dir: Path = resolve_model_dir(path, what=what, allow_pickle=allow_pickle)
         self.what = what
+        track_input(self, path, self.dir)  # no output may touch it while it is open
         if files is None:
             files, self.is_pickle = _find_weight_files(self.dir, allow_pickle)
         else:
@@ -169,6 +171,7 @@ class CheckpointReader:
                 self._infos.update(infos)
                 self.metadata.update(meta)
         self.names: list[str] = list(self._pickled) if self.is_pickle else list(self._infos)
+        self.files: list[Path] = list(files)
         self._handles: dict[Path, BinaryIO] = {}
         config_path = self.dir / "config.json"
         self.config: dict[str, Any] = (
@@ -187,7 +190,7 @@ class CheckpointReader:
 
     def _require(self, name: str) -> None:
         if name not in self:
-            raise RealignError(f"tensor {name!r} is missing from {self.what} {str(self.dir)!r}")
+            raise RealignError(f"tensor {name!r} is missing from {self.what} {self.location!r}")
 
     def shape(self, name: str) -> tuple[int, ...]:
         self._require(name)
@@ -205,6 +208,11 @@ class CheckpointReader:
             t = self._pickled[name]
             return t.numel() * t.element_size()
         return self._infos[name].nbytes
+
+    @property
+    def location(self) -> str:
+        """The one weights file, or the folder when there are several (for messages)."""
+        return str(self.files[0]) if len(self.files) == 1 else str(self.dir)
 
     @property
     def architecture(self) -> str:
@@ -249,6 +257,7 @@ class CheckpointReader:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        untrack_input(self)
 
     def __enter__(self) -> CheckpointReader:
         return self

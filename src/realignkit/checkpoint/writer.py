@@ -3,16 +3,21 @@
 :class:`CheckpointWriter` collects tensors into shards of at most ``max_shard_size`` bytes and
 writes each shard as soon as it is full, so memory holds at most one shard plus the tensor in
 hand. Everything goes into a hidden temporary folder next to the destination, renamed into
-place only when the ``with`` block ends without error: a crash or a bad tensor leaves no half
-model behind, and an existing destination is replaced only with ``overwrite=True``.
+place only when the ``with`` block ends without error: a crash, a full disk or a bad tensor
+leaves no half model behind. Where the output may go and what it may replace is decided by
+:mod:`realignkit.checkpoint.output` before anything is written.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
 import json
 import os
+import shlex
 import shutil
-import uuid
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +26,16 @@ from typing import Any, BinaryIO
 import torch
 from safetensors.torch import save_file
 
+from realignkit import __version__
+from realignkit.checkpoint.output import (
+    OUTPUT_MARKER,
+    check_output_location,
+    check_replaceable,
+    open_inputs,
+    remove_stale_temporaries,
+    swap_into_place,
+    temporary_name,
+)
 from realignkit.checkpoint.reader import SAFETENSORS_DTYPES
 from realignkit.errors import RealignError
 
@@ -91,6 +106,15 @@ def _shard_header(specs: Sequence[TensorSpec]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library wraps it (safetensors' Rust writer reports
+    ``IoError(Os { code: 28, kind: StorageFull ... })``)."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "StorageFull" in text or "QuotaExceeded" in text
+
+
 class CheckpointWriter:
     """Write a folder of safetensors shards (+ index) atomically.
 
@@ -109,14 +133,14 @@ class CheckpointWriter:
         weights_name: str = "model",
         plan: Sequence[TensorSpec] | None = None,
     ) -> None:
-        self.out_dir = Path(out_dir).expanduser().resolve()
-        if self.out_dir.exists() and not overwrite:
-            raise RealignError(
-                f"output {str(self.out_dir)!r} exists; pass --overwrite to replace it"
-            )
+        given = Path(out_dir).expanduser()
+        # Checked on the path as given (a symlink to an input is refused), then resolved.
+        check_output_location(given, open_inputs())
+        self.out_dir = Path(os.path.abspath(given))
+        check_replaceable(self.out_dir, overwrite)
         self.max_shard_bytes = parse_size(max_shard_size)
         self.weights_name = weights_name
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp_dir = temporary_name(self.out_dir)
         self._overwrite = overwrite
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
@@ -151,25 +175,52 @@ class CheckpointWriter:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def __enter__(self) -> CheckpointWriter:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir()
-        self._open = True
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as err:
+            raise RealignError(
+                f"output {str(self.out_dir)!r}: {str(self.out_dir.parent)!r} is not a folder"
+            ) from err
+        remove_stale_temporaries(self.out_dir)
+        try:
+            self.tmp_dir.mkdir()
+            self._open = True
+        except BaseException:  # Ctrl-C right here: __exit__ will not run, so clean up now
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
-            if self._shard_file is not None:
-                self._shard_file.close()
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
-            self._open = False
+            self._discard()
+            if is_disk_full(exc):
+                raise self._disk_full() from exc
             return
         try:
             self._finish()
-        except BaseException:
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        except BaseException as err:
+            self._discard()
+            if is_disk_full(err):
+                raise self._disk_full() from err
             raise
         finally:
             self._open = False
+
+    def _discard(self) -> None:
+        """Delete the unfinished temporary folder (the destination was never touched)."""
+        if self._shard_file is not None:
+            # Its buffered tail may not flush to a full disk: irrelevant, the file goes.
+            with contextlib.suppress(OSError):
+                self._shard_file.close()
+            self._shard_file = None
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self._open = False
+
+    def _disk_full(self) -> RealignError:
+        return RealignError(
+            f"no space left on the device while writing {str(self.out_dir)!r}; nothing was "
+            "written: free some space and run again"
+        )
 
     # -- content ------------------------------------------------------------------------------
     @property
@@ -274,13 +325,16 @@ class CheckpointWriter:
         self._publish()
 
     def _publish(self) -> None:
-        """Rename the finished temporary folder into place (replacing an old output)."""
-        trash = None
-        if self.out_dir.exists():
-            if not self._overwrite:
-                raise RealignError(f"output {str(self.out_dir)!r} appeared while writing")
-            trash = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            self.out_dir.rename(trash)
-        self.tmp_dir.rename(self.out_dir)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        """Mark the finished folder as realignkit's and swap it into place."""
+        self.write_json(
+            OUTPUT_MARKER,
+            {
+                "written_by": "realignkit",
+                "realignkit_version": __version__,
+                "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(shlex.quote(a) for a in sys.argv),
+            },
+        )
+        # Inputs opened after the writer was made (they are open now) are checked too.
+        check_output_location(self.out_dir, open_inputs())
+        swap_into_place(self.tmp_dir, self.out_dir, overwrite=self._overwrite)

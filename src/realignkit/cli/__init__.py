@@ -7,8 +7,13 @@ imported. Modules only parse options, call the Python API and print; no logic li
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
+import threading
+import traceback
 
+from realignkit.checkpoint.writer import is_disk_full
 from realignkit.cli import demo as _demo  # noqa: E402,F401  demo
 from realignkit.cli import evaluate as _evaluate  # noqa: E402,F401  eval, judge, compare
 from realignkit.cli import irr as _irr  # noqa: E402,F401  fisher, irr
@@ -21,30 +26,78 @@ from realignkit.cli import sweep as _sweep  # noqa: E402,F401  sweep
 from realignkit.cli import train as _train  # noqa: E402,F401  finetune, unalign
 from realignkit.cli import tune as _tune  # noqa: E402,F401  tune
 from realignkit.cli.app import app
+from realignkit.cli.guard import Interrupted, guard_commands
 from realignkit.errors import RealignError
 
-_methods.register_all()
+_methods.register_all()  # the declared methods' commands, before the guard wraps them
+guard_commands(app)
+
+# Exit codes: what scripts and schedulers can rely on.
+EXIT_DONE, EXIT_UNEXPECTED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+INTERRUPTED_MESSAGE = "interrupted: nothing was written"
+
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``with`` block removes what it started."""
+    raise KeyboardInterrupt
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def _kinds(err: BaseException) -> set[str]:
+    """Class names up the MRO: typer vendors click, so its exceptions are matched by name."""
+    return {cls.__name__ for cls in type(err).__mro__}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the typer app, turning :class:`RealignError` into one line and exit 2."""
+    """Entry point. Exit 0 done, 2 bad input (one ``error:`` line), 130 interrupted (Ctrl-C or
+    SIGTERM), 1 unexpected; ``--debug`` (anywhere) or ``REALIGNKIT_DEBUG=1`` adds tracebacks."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("REALIGNKIT_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except RealignError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"error: {err}", EXIT_BAD_INPUT, debug)
+    except (Interrupted, KeyboardInterrupt):
+        _fail(INTERRUPTED_MESSAGE, EXIT_INTERRUPTED, debug)
     except SystemExit:
         raise
-    except Exception as err:  # click's usage errors, aborts
-        import click
+    except Exception as err:
+        kinds = _kinds(err)
+        if "Abort" in kinds:  # click's name for an interrupted prompt
+            _fail(INTERRUPTED_MESSAGE, EXIT_INTERRUPTED, debug)
+        if "UsageError" in kinds:  # a bad option value: one line too
+            ctx = getattr(err, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _fail(f"error: {err.format_message()}{hint}", EXIT_BAD_INPUT, debug)  # type: ignore[attr-defined]
+        if "ClickException" in kinds:
+            err.show()  # type: ignore[attr-defined]
+            sys.exit(err.exit_code)  # type: ignore[attr-defined]
+        if is_disk_full(err):  # outside the checkpoint writer (e.g. eval's report)
+            _fail(f"error: no space left on the device ({err})", EXIT_BAD_INPUT, debug)
+        _unexpected(err, debug)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if code == EXIT_INTERRUPTED:  # typer's own Exit(130): an interrupt while parsing
+        _fail(INTERRUPTED_MESSAGE, EXIT_INTERRUPTED, debug)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+def _unexpected(err: BaseException, debug: bool) -> None:
+    hint = "" if debug else " (this is a bug: run again with --debug for the traceback)"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    _fail(f"error: unexpected {type(err).__name__}: {first}{hint}", EXIT_UNEXPECTED, debug)
 
 
 __all__ = ["app", "main"]

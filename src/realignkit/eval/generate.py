@@ -342,8 +342,11 @@ def load_generator(
 
     device = torch.device(device) if device is not None else default_device()
     chosen = pick_backend(backend, device)
+    from realignkit.modeling import check_model_folder
+
     model_dir = resolve_model_dir(model)
     adapter_dir = resolve_model_dir(adapter, what="adapter") if adapter is not None else None
+    check_model_folder(model_dir, adapter_dir)  # one validated path, for every backend
     tokenizer = load_tokenizer(model_dir, adapter=adapter_dir, trust_remote_code=trust_remote_code)
     folders = [model_dir] + ([adapter_dir] if adapter_dir is not None else [])
     model_fp = fingerprint(folders, memo_path)

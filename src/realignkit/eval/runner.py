@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -316,16 +317,22 @@ def evaluate(
     verdicts = JsonlCache(cache_root / "verdicts.jsonl")
     system = resolve_system_prompt(system_prompt)
 
-    generator = load_generator(
-        model,
-        adapter=adapter,
-        backend=backend,
-        dtype=dtype,
-        device=device,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
-        memo_path=memo,
-    )
+    made = [p for p in (out, cache_root) if not p.exists()]  # to remove if loading fails
+    try:
+        generator = load_generator(
+            model,
+            adapter=adapter,
+            backend=backend,
+            dtype=dtype,
+            device=device,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+            memo_path=memo,
+        )
+    except BaseException:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     model_name = Path(str(model)).name + (f"+{Path(str(adapter)).name}" if adapter else "")
     summary: dict[str, Any] = {
         "name": name or model_name,

@@ -31,7 +31,7 @@ import torch
 
 from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
 from realignkit.calib.fisher import FisherScores
-from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, model_card
+from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, check_same_layout, model_card
 from realignkit.errors import RealignError
 from realignkit.methods.registry import Realigned, RealignJob, recipe
 from realignkit.methods.safety_vector import SafetyVector
@@ -369,7 +369,9 @@ def _load_running_model(weights: FinetunedWeights, settings: IRRSettings, device
     from realignkit.modeling import default_dtype, load_causal_lm
 
     dtype = settings.dtype or default_dtype(device)
-    model = load_causal_lm(weights.support_dirs[0], dtype=dtype, device="cpu")
+    model = load_causal_lm(
+        weights.support_dirs[0], dtype=dtype, device="cpu", allow_pickle=weights.allow_pickle
+    )
     if weights.adapter is not None:
         # The main folder is the base: put θ_F = θ_B + scale·B·A into every adapted tensor.
         base_prefix = getattr(model, "base_model_prefix", "")
@@ -408,6 +410,7 @@ def irr(
         raise RealignError("recalibration needs --calibration data (or pass --no-recalibrate)")
     device = torch.device(settings.device) if settings.device else default_device()
     # Everything is checked before anything is written: a mismatch leaves no output.
+    check_same_layout(safety_vector, weights)
     targets = plan_targets(_skeleton(weights), weights, safety_vector, fisher, settings)
     tokenizer = examples = None
     if settings.recalibrate:
@@ -455,6 +458,8 @@ def irr(
             stats.error_recalibrated = output_error(kept - delta, hessian)
             recal = (theta_b.float() + layer.from_kernel(kept).cpu()).to(theta_f.dtype)
             new = torch.where(unsafe_stored, theta_b, recal)
+        # θ_B and θ_F may differ in dtype (torch.where promotes): store θ_F's dtype.
+        new = new.to(weights.dtype(target.name))
         writer.add(target.name, new)
         result.layers.append(stats)
         return layer.to_kernel(new)

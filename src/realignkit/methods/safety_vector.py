@@ -66,6 +66,7 @@ def compute_safety_vector(
         "aligned": str(aligned_ckpt.dir),
         "architecture": aligned_ckpt.architecture,
         "model_type": aligned_ckpt.config.get("model_type"),
+        "vocab_size": aligned_ckpt.config.get("vocab_size"),
         "dtype": str(dtype).removeprefix("torch.") if dtype else "as aligned",
     }
     tensors: dict[str, dict[str, Any]] = {}
@@ -76,7 +77,7 @@ def compute_safety_vector(
             unaligned, allow_pickle=allow_pickle, what="unaligned model"
         )
         names = [n for n in aligned_ckpt.names if aligned_ckpt.dtype(n).is_floating_point]
-        check_same_layout(aligned_ckpt, unaligned_ckpt, names)
+        check_same_layout(aligned_ckpt, unaligned_ckpt, names, same_set=True)
         plan = [TensorSpec(n, aligned_ckpt.shape(n), dtype or aligned_ckpt.dtype(n)) for n in names]
     with (
         aligned_ckpt,
@@ -167,8 +168,18 @@ class SafetyVector:
         self.dir = folder
         self._reader = CheckpointReader(folder, what="safety vector")
         self._tensors: dict[str, dict[str, Any]] = self.meta["tensors"]
+        for name, entry in self._tensors.items():  # the files hold what the metadata lists
+            for key in (name + LEFT, name + RIGHT) if entry.get("lowrank") else (name,):
+                if key not in self._reader:
+                    raise RealignError(
+                        f"tensor {key!r} of the safety vector is missing from "
+                        f"{self._reader.location!r} ({META_FILE} lists it): the folder is damaged"
+                    )
         self.names: list[str] = list(self._tensors)
-        self.config = {"architectures": [self.meta.get("architecture", "unknown")]}
+        self.config = {
+            "architectures": [self.meta.get("architecture", "unknown")],
+            "vocab_size": self.meta.get("vocab_size"),
+        }
 
     @property
     def architecture(self) -> str:

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from realignkit.checkpoint.card import model_card
+from realignkit.checkpoint.output import check_replaceable
 from realignkit.checkpoint.source import resolve_model_dir
 from realignkit.checkpoint.writer import CheckpointWriter
 from realignkit.data import Row, read_prompts
@@ -274,8 +275,7 @@ def finetune(
 
     config = config or TrainConfig()
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise RealignError(f"output {str(out)!r} exists; pass --overwrite to replace it")
+    check_replaceable(out, overwrite)  # now, not after the training
     rows = load_pairs(data) if isinstance(data, (str, os.PathLike)) else list(data)
     if not rows:
         raise RealignError("no training rows")
