@@ -598,7 +598,7 @@ def test_unexpected_error_is_exit_1_with_traceback_only_under_debug(
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(resta_module, "resta", broken)
+    monkeypatch.setattr(resta_module, "resta_tensor", broken)
     argv = _argv(Case("", RESTA, 0, ""), world, tmp_path / "out")
     assert run_cli(argv) == 1
     err = capsys.readouterr().err

@@ -364,6 +364,14 @@ def _run_weights(
     workers: int,
 ) -> Output:
     weights = opened.weights
+    # Whole tensor sets first: a weight missing from any input is named with its file before
+    # anything is derived from the model's structure.
+    aligned = opened.readers.get("aligned")
+    if aligned is not None:
+        check_same_layout(weights, aligned, same_set=True)
+        for role, reader in opened.readers.items():
+            if role != "aligned":
+                check_same_layout(aligned, reader)
     orientation = linear_orientations(weights) if method.orientation else {}
     if method.targets == "linears":
         orientation = orientation or linear_orientations(weights)
