@@ -79,6 +79,13 @@ def resta_cmd(
         typer.Option(help="DARE drop rate p in [0, 1) on θ_F − θ_B; kept entries × 1/(1−p)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the DARE masks (per tensor name).")] = 0,
+    dare_stream: Annotated[
+        str,
+        typer.Option(
+            help="Random stream of the DARE masks: pcg64 (fast, default) or mt19937 "
+            "(the stream of realignkit 0.1 outputs)."
+        ),
+    ] = "pcg64",
     include: Annotated[
         list[str] | None,
         typer.Option(help="Also edit: embeddings, norms, biases, lm_head, other, or all."),
@@ -103,6 +110,7 @@ def resta_cmd(
             gamma=gamma,
             dare_p=dare,
             seed=seed,
+            dare_stream=dare_stream,
             include=include,
             overwrite=overwrite,
             max_shard_size=max_shard_size,
