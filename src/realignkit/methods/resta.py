@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
 from realignkit.methods.safety_vector import SafetyVector
 from realignkit.ops.dare import DARE_STREAMS, DareStream, dare_keep_mask
+from realignkit.ops.scratch import scratch
 from realignkit.ops.selection import DEFAULT_SCOPE_HELP, is_selected, parse_include, tensor_kind
 
 PathLike = str | os.PathLike[str]
@@ -62,34 +62,18 @@ def resta_tensor(
         # rounded once, bit-identical to the widened path below at a third of the traffic.
         return torch.add(theta_f, v, alpha=gamma)
     wide = torch.float64 if theta_f.dtype == torch.float64 else torch.float32
-    theta = _scratch(wide, theta_f.shape, 0).copy_(theta_f)
+    theta = scratch(wide, theta_f.shape, 0).copy_(theta_f)
     if drop_p > 0.0:
         if theta_b is None:
             raise RealignError("DARE needs the base model (--base)")
-        base = _scratch(wide, theta_f.shape, 1).copy_(theta_b)
-        keep = _scratch(wide, theta_f.shape, 2)
+        base = scratch(wide, theta_f.shape, 1).copy_(theta_b)
+        keep = scratch(wide, theta_f.shape, 2)
         keep.copy_(dare_keep_mask(theta_f.shape, drop_p, seed, name, dare_stream))
         # θ_B + keep·(θ_F − θ_B)/(1 − p): the DARE paper's rescale, as in ops.dare.dare
         theta.sub_(base).div_(1.0 - drop_p).mul_(keep).add_(base)
     if v is not None:
-        theta.add_(_scratch(wide, theta_f.shape, 1).copy_(v), alpha=gamma)
+        theta.add_(scratch(wide, theta_f.shape, 1).copy_(v), alpha=gamma)
     return theta.to(theta_f.dtype, copy=True)
-
-
-_scratch_buffers = threading.local()
-
-
-def _scratch(dtype: torch.dtype, shape: torch.Size, slot: int) -> torch.Tensor:
-    """A reusable buffer of this thread, viewed as ``shape`` (contents undefined)."""
-    buffers: dict[tuple[torch.dtype, int], torch.Tensor] = _scratch_buffers.__dict__.setdefault(
-        "buffers", {}
-    )
-    count = math.prod(shape)
-    buffer = buffers.get((dtype, slot))
-    if buffer is None or buffer.numel() < count:
-        buffer = torch.empty(count, dtype=dtype)
-        buffers[(dtype, slot)] = buffer
-    return buffer[:count].view(shape)
 
 
 @dataclass
