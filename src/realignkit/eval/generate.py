@@ -162,7 +162,9 @@ class HFGenerator(Generator):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        from realignkit.modeling import input_device
+
+        return input_device(self.model)
 
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -335,8 +337,14 @@ def load_generator(
     seed: int = 0,
     trust_remote_code: bool = False,
     memo_path: Path | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[str, Any] | None = None,
 ) -> Generator:
-    """Load the tokenizer and model once, on the backend asked for."""
+    """Load the tokenizer and model once, on the backend asked for.
+
+    ``device_map`` / ``max_memory`` split the HF model over several devices (accelerate);
+    vLLM has its own parallelism (``tensor_parallel_size`` in its engine arguments).
+    """
     from realignkit.checkpoint.source import resolve_model_dir
     from realignkit.modeling import default_device, load_causal_lm, load_tokenizer
 
@@ -364,6 +372,8 @@ def load_generator(
         device=device,
         trust_remote_code=trust_remote_code,
         merge_adapter=adapter_dir is not None,
+        device_map=device_map,
+        max_memory=max_memory,
     )
     return HFGenerator(lm, tokenizer, model_fp)
 
