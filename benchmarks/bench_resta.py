@@ -36,6 +36,7 @@ import torch
 from shapes import LLAMA_SHAPES
 
 SHAPES = LLAMA_SHAPES
+CPU_SECONDS: list[float] = []  # per timed step, in order
 
 
 def make_checkpoint(folder: Path, shape: dict, seed: int, like: Path | None = None) -> None:
@@ -107,13 +108,17 @@ def write_seconds(nbytes: int, folder: Path) -> float:
 
 
 def timed(cmd: list[str], inputs: list[Path]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of ``cmd`` in a fresh process, inputs cold."""
+    """Wall seconds and peak RSS (GB) of ``cmd`` in a fresh process, inputs cold.
+
+    The process's CPU seconds go to ``CPU_SECONDS`` (wall time on a shared machine counts the
+    other processes too; CPU time shows what the step itself computes)."""
     evict(inputs)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    CPU_SECONDS.append(usage.ru_utime + usage.ru_stime)
     if proc.returncode != 0:
         err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err}")
@@ -259,18 +264,25 @@ def main() -> None:
         f"{out_bytes / 1e9:.2f} GB (one output) took {write_floor:.1f} s\n"
     )
     print(
-        "| step | wall s | peak RSS GB | cold read of its inputs s | wall / read "
+        "| step | wall s | CPU s | peak RSS GB | cold read of its inputs s | wall / read "
         "| wall / (read + write) |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, wall, rss, read, write in rows:
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (name, wall, rss, read, write), cpu in zip(rows, CPU_SECONDS, strict=True):
         print(
-            f"| {name} | {wall:.1f} | {rss:.2f} | {read:.1f} | {wall / read:.2f} "
+            f"| {name} | {wall:.1f} | {cpu:.1f} | {rss:.2f} | {read:.1f} | {wall / read:.2f} "
             f"| {wall / (read + write):.2f} |"
         )
     load = os.getloadavg()[0]
     print(f"\nload average at the end: {load:.1f} (other processes share the cores)")
-    figures = {"shape": args.shape, "gb_per_checkpoint": size_gb, "rows": rows}
+    figures = {
+        "shape": args.shape,
+        "gb_per_checkpoint": size_gb,
+        "columns": ["step", "wall_s", "peak_rss_gb", "cold_read_s", "write_floor_s"],
+        "rows": rows,
+        "cpu_s": CPU_SECONDS,
+        "load_average_end": load,
+    }
     if mergekit_time is not None:
         speedup = mergekit_time / t_resta
         total = rows[0][1] + t_resta
