@@ -149,3 +149,36 @@ def test_eval_command_runs_a_model_split_over_cpu_and_disk(model_dir, tmp_path):
         for name in ("whole", "split")
     ]
     assert rows[0] == rows[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_fine_tune_as_one_process_with_the_same_global_batch(tmp_path):
+    """`finetune` under a distributed launcher (torchrun here: accelerate launch on CPUs runs
+    one process) is data parallel: 2 × batch 2 follows 1 × batch 4 step for step."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    model = save_tiny_model("llama", tmp_path / "m", seed=1)
+    rows = [{"prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."} for i in range(32)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["finetune", "--model", str(model), "--data", str(data), "--full"]
+    common += ["--max-steps", "6", "--lr", "1e-3", "--seed", "0"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, "-m", "realignkit", *common, "--batch-size", "4", "-o"]
+    subprocess.run([*one, str(tmp_path / "one")], check=True, capture_output=True, env=env)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    two = [*launcher, "-m", "realignkit", *common, "--batch-size", "2", "-o"]
+    subprocess.run([*two, str(tmp_path / "two")], check=True, capture_output=True, env=env)
+    logs = [
+        json.loads((tmp_path / n / "realignkit_train.json").read_text()) for n in ("one", "two")
+    ]
+    assert [log["processes"] for log in logs] == [1, 2]
+    assert len(logs[0]["losses"]) == 6
+    assert logs[1]["losses"] == pytest.approx(logs[0]["losses"], abs=1e-5)
+    weights = [load_file(str(tmp_path / n / "model.safetensors")) for n in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=1e-5)
