@@ -152,11 +152,46 @@ def main() -> None:
     )
     parser.add_argument("--gamma", type=float, default=0.5)
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    parser.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=None,
+        help="Refuse to start below this much free disk in --workdir (default: 6 checkpoints).",
+    )
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-resta-"))
     work.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[args.shape]
+    per_checkpoint = 2 * sum(
+        v
+        for v in (
+            shape["vocab_size"] * shape["hidden_size"] * 2,
+            shape["num_hidden_layers"] * 3 * shape["hidden_size"] * shape["intermediate_size"],
+            shape["num_hidden_layers"] * 2 * shape["hidden_size"] ** 2,
+            shape["num_hidden_layers"]
+            * 2
+            * shape["hidden_size"]
+            * shape["hidden_size"]
+            * shape["num_key_value_heads"]
+            // shape["num_attention_heads"],
+        )
+    )
+    venv = args.mergekit_venv or (
+        Path(os.environ["MERGEKIT_VENV"]) if "MERGEKIT_VENV" in os.environ else None
+    )
+    # 3 inputs + the safety vector + one output at a time (+ mergekit's, kept for the diff)
+    checkpoints_needed = 6 if venv else 5
+    existing = sum(f.stat().st_size for f in work.rglob("*.safetensors"))
+    need = checkpoints_needed * per_checkpoint - existing
+    if args.min_free_gb is not None:
+        need = args.min_free_gb * 1e9
+    free = shutil.disk_usage(work).free
+    if free < need:
+        raise SystemExit(
+            f"{work}: {free / 1e9:.0f} GB free, this shape needs about {need / 1e9:.0f} GB more "
+            f"({per_checkpoint / 1e9:.1f} GB per checkpoint, {checkpoints_needed} at a time)"
+        )
     A, U, F, SV = work / "aligned", work / "unaligned", work / "finetuned", work / "sv"
     for folder, seed, like in ((A, 0, None), (U, 1, A), (F, 2, A)):
         if not (folder / "config.json").exists():
@@ -194,6 +229,8 @@ def main() -> None:
         [F, SV],
     )
     rows.append(("realignkit resta", t_resta, rss, read_resta, write_floor))
+    if not venv:
+        shutil.rmtree(work / "resta", ignore_errors=True)
     read_dare = cold_read_seconds([F, SV, A])
     dare_cmd = rk + [
         "resta",
@@ -217,10 +254,8 @@ def main() -> None:
     shutil.rmtree(work / "resta-dare", ignore_errors=True)
     t, rss = timed(dare_cmd + ["--dare-stream", "mt19937"], [F, SV, A])
     rows.append(("resta --dare 0.3 --dare-stream mt19937", t, rss, read_dare, write_floor))
+    shutil.rmtree(work / "resta-dare", ignore_errors=True)  # disk: 7B outputs are 13.5 GB each
 
-    venv = args.mergekit_venv or (
-        Path(os.environ["MERGEKIT_VENV"]) if "MERGEKIT_VENV" in os.environ else None
-    )
     mergekit_time = None
     if venv and (venv / "bin" / "mergekit-yaml").exists():
         config = work / "mergekit.yml"
