@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, ensure_finite, model_card
@@ -67,10 +68,13 @@ def resta_tensor(
         if theta_b is None:
             raise RealignError("DARE needs the base model (--base)")
         base = scratch(wide, theta_f.shape, 1).copy_(theta_b)
-        keep = scratch(wide, theta_f.shape, 2)
-        keep.copy_(dare_keep_mask(theta_f.shape, drop_p, seed, name, dare_stream))
-        # θ_B + keep·(θ_F − θ_B)/(1 − p): the DARE paper's rescale, as in ops.dare.dare
-        theta.sub_(base).div_(1.0 - drop_p).mul_(keep).add_(base)
+        keep = dare_keep_mask(theta_f.shape, drop_p, seed, name, dare_stream)
+        # θ_B + keep·(θ_F − θ_B)/(1 − p): the DARE paper's rescale, as in ops.dare.dare. The
+        # boolean product runs in numpy, in place: torch's mixed bool·float kernel took 2×
+        # as long and needs a float copy of the mask.
+        theta.sub_(base).div_(1.0 - drop_p)
+        np.multiply(theta.numpy(), keep.numpy(), out=theta.numpy())
+        theta.add_(base)
     if v is not None:
         theta.add_(scratch(wide, theta_f.shape, 1).copy_(v), alpha=gamma)
     return theta.to(theta_f.dtype, copy=True)
