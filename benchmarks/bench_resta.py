@@ -14,7 +14,10 @@ values), then measures in one run, each step in a fresh process with cold page c
     python benchmarks/bench_resta.py --shape llama-7b  # Llama-2-7B shapes (≈ 40 GB of disk)
     python benchmarks/bench_resta.py --mergekit-venv /path/to/venv   # with `pip install mergekit`
 
-Targets from the issue: resta ≤ 1.2× its read time, ≥ 1.5× mergekit's speed, peak RSS ≤ 3 GB.
+Targets (issue 20): resta ≤ 1.2× the cold read time of its inputs, DARE ≤ 1.5×, ≥ 4×
+mergekit's speed, peak RSS ≤ 3 GB. The script also measures the write floor (writing the
+output's bytes): where the disk writes slower than it reads, that floor is the real limit, and
+the last column gives wall / (read + write).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from shapes import LLAMA_SHAPES
 
 SHAPES = LLAMA_SHAPES
+CPU_SECONDS: list[float] = []  # per timed step, in order
 
 
 def make_checkpoint(folder: Path, shape: dict, seed: int, like: Path | None = None) -> None:
@@ -85,14 +89,36 @@ def cold_read_seconds(paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
+def write_seconds(nbytes: int, folder: Path) -> float:
+    """Time to write ``nbytes`` to a new file in ``folder`` (as the output shards are written:
+    buffered, no fsync), the other floor of a streaming merge: on a disk that writes slower
+    than it reads, the output, not the inputs, bounds the wall time."""
+    block = os.urandom(64 << 20)
+    path = folder / ".write-floor.bin"
+    os.sync()
+    start = time.perf_counter()
+    with path.open("wb", buffering=0) as fh:
+        left = nbytes
+        while left > 0:
+            left -= fh.write(block[: min(left, len(block))])
+    elapsed = time.perf_counter() - start
+    path.unlink()
+    os.sync()
+    return elapsed
+
+
 def timed(cmd: list[str], inputs: list[Path]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB) of ``cmd`` in a fresh process, inputs cold."""
+    """Wall seconds and peak RSS (GB) of ``cmd`` in a fresh process, inputs cold.
+
+    The process's CPU seconds go to ``CPU_SECONDS`` (wall time on a shared machine counts the
+    other processes too; CPU time shows what the step itself computes)."""
     evict(inputs)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    CPU_SECONDS.append(usage.ru_utime + usage.ru_stime)
     if proc.returncode != 0:
         err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
         raise SystemExit(f"{' '.join(map(str, cmd))} failed:\n{err}")
@@ -126,11 +152,46 @@ def main() -> None:
     )
     parser.add_argument("--gamma", type=float, default=0.5)
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    parser.add_argument(
+        "--min-free-gb",
+        type=float,
+        default=None,
+        help="Refuse to start below this much free disk in --workdir (default: 6 checkpoints).",
+    )
     args = parser.parse_args()
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-resta-"))
     work.mkdir(parents=True, exist_ok=True)
     shape = SHAPES[args.shape]
+    per_checkpoint = 2 * sum(
+        v
+        for v in (
+            shape["vocab_size"] * shape["hidden_size"] * 2,
+            shape["num_hidden_layers"] * 3 * shape["hidden_size"] * shape["intermediate_size"],
+            shape["num_hidden_layers"] * 2 * shape["hidden_size"] ** 2,
+            shape["num_hidden_layers"]
+            * 2
+            * shape["hidden_size"]
+            * shape["hidden_size"]
+            * shape["num_key_value_heads"]
+            // shape["num_attention_heads"],
+        )
+    )
+    venv = args.mergekit_venv or (
+        Path(os.environ["MERGEKIT_VENV"]) if "MERGEKIT_VENV" in os.environ else None
+    )
+    # 3 inputs + the safety vector + one output at a time (+ mergekit's, kept for the diff)
+    checkpoints_needed = 6 if venv else 5
+    existing = sum(f.stat().st_size for f in work.rglob("*.safetensors"))
+    need = checkpoints_needed * per_checkpoint - existing
+    if args.min_free_gb is not None:
+        need = args.min_free_gb * 1e9
+    free = shutil.disk_usage(work).free
+    if free < need:
+        raise SystemExit(
+            f"{work}: {free / 1e9:.0f} GB free, this shape needs about {need / 1e9:.0f} GB more "
+            f"({per_checkpoint / 1e9:.1f} GB per checkpoint, {checkpoints_needed} at a time)"
+        )
     A, U, F, SV = work / "aligned", work / "unaligned", work / "finetuned", work / "sv"
     for folder, seed, like in ((A, 0, None), (U, 1, A), (F, 2, A)):
         if not (folder / "config.json").exists():
@@ -146,7 +207,9 @@ def main() -> None:
     t, rss = timed(
         rk + ["safety-vector", "--aligned", str(A), "--unaligned", str(U), "-o", str(SV)], [A, U]
     )
-    rows.append(("realignkit safety-vector", t, rss, read_sv))
+    out_bytes = int(size_gb * 1e9)
+    write_floor = write_seconds(out_bytes, work)
+    rows.append(("realignkit safety-vector", t, rss, read_sv, write_floor))
     read_resta = cold_read_seconds([F, SV])
     t_resta, rss = timed(
         rk
@@ -165,34 +228,34 @@ def main() -> None:
         ],
         [F, SV],
     )
-    rows.append(("realignkit resta", t_resta, rss, read_resta))
+    rows.append(("realignkit resta", t_resta, rss, read_resta, write_floor))
+    if not venv:
+        shutil.rmtree(work / "resta", ignore_errors=True)
     read_dare = cold_read_seconds([F, SV, A])
-    t, rss = timed(
-        rk
-        + [
-            "resta",
-            "--finetuned",
-            str(F),
-            "--safety-vector",
-            str(SV),
-            "--gamma",
-            str(args.gamma),
-            "--include",
-            "all",
-            "--dare",
-            "0.3",
-            "--base",
-            str(A),
-            "-o",
-            str(work / "resta-dare"),
-        ],
-        [F, SV, A],
-    )
-    rows.append(("realignkit resta --dare 0.3", t, rss, read_dare))
+    dare_cmd = rk + [
+        "resta",
+        "--finetuned",
+        str(F),
+        "--safety-vector",
+        str(SV),
+        "--gamma",
+        str(args.gamma),
+        "--include",
+        "all",
+        "--dare",
+        "0.3",
+        "--base",
+        str(A),
+        "-o",
+        str(work / "resta-dare"),
+    ]
+    t, rss = timed(dare_cmd, [F, SV, A])
+    rows.append(("realignkit resta --dare 0.3", t, rss, read_dare, write_floor))
+    shutil.rmtree(work / "resta-dare", ignore_errors=True)
+    t, rss = timed(dare_cmd + ["--dare-stream", "mt19937"], [F, SV, A])
+    rows.append(("resta --dare 0.3 --dare-stream mt19937", t, rss, read_dare, write_floor))
+    shutil.rmtree(work / "resta-dare", ignore_errors=True)  # disk: 7B outputs are 13.5 GB each
 
-    venv = args.mergekit_venv or (
-        Path(os.environ["MERGEKIT_VENV"]) if "MERGEKIT_VENV" in os.environ else None
-    )
     mergekit_time = None
     if venv and (venv / "bin" / "mergekit-yaml").exists():
         config = work / "mergekit.yml"
@@ -223,7 +286,7 @@ def main() -> None:
             ],
             [U, F, A],
         )
-        rows.append(("mergekit task_arithmetic", mergekit_time, rss, read_mk))
+        rows.append(("mergekit task_arithmetic", mergekit_time, rss, read_mk, write_floor))
     else:
         print("mergekit: no venv given (--mergekit-venv or $MERGEKIT_VENV); skipped")
 
@@ -231,11 +294,30 @@ def main() -> None:
         f"\nshape {args.shape}: {size_gb:.2f} GB per checkpoint (bf16), {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}\n"
     )
-    print("| step | wall s | peak RSS GB | cold read of its inputs s | wall / read |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for name, wall, rss, read in rows:
-        print(f"| {name} | {wall:.1f} | {rss:.2f} | {read:.1f} | {wall / read:.2f} |")
-    figures = {"shape": args.shape, "gb_per_checkpoint": size_gb, "rows": rows}
+    print(
+        f"floors measured in this run: cold read of each step's inputs; writing "
+        f"{out_bytes / 1e9:.2f} GB (one output) took {write_floor:.1f} s\n"
+    )
+    print(
+        "| step | wall s | CPU s | peak RSS GB | cold read of its inputs s | wall / read "
+        "| wall / (read + write) |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for (name, wall, rss, read, write), cpu in zip(rows, CPU_SECONDS, strict=True):
+        print(
+            f"| {name} | {wall:.1f} | {cpu:.1f} | {rss:.2f} | {read:.1f} | {wall / read:.2f} "
+            f"| {wall / (read + write):.2f} |"
+        )
+    load = os.getloadavg()[0]
+    print(f"\nload average at the end: {load:.1f} (other processes share the cores)")
+    figures = {
+        "shape": args.shape,
+        "gb_per_checkpoint": size_gb,
+        "columns": ["step", "wall_s", "peak_rss_gb", "cold_read_s", "write_floor_s"],
+        "rows": rows,
+        "cpu_s": CPU_SECONDS,
+        "load_average_end": load,
+    }
     if mergekit_time is not None:
         speedup = mergekit_time / t_resta
         total = rows[0][1] + t_resta

@@ -93,7 +93,8 @@ def pinned_runs(root: Path, world: dict[str, Path]) -> dict[str, Path]:
         run(
             f"{arch}-dare",
             ["resta", "--finetuned", w["F"], "--base", w["A"], "--safety-vector", sv]
-            + ["--dare", "0.3", "--seed", "5", "--include", "all"],
+            + ["--dare", "0.3", "--seed", "5", "--include", "all"]
+            + ["--dare-stream", "mt19937"],  # the pre-contract masks (pcg64: tests/test_dare.py)
         )
     run(
         "sv-lowrank",
@@ -103,7 +104,7 @@ def pinned_runs(root: Path, world: dict[str, Path]) -> dict[str, Path]:
     run(
         "resta-adapter-lowrank",
         ["resta", "--base", world["gpt2-A"], "--adapter", world["lora-ft"]]
-        + ["--safety-vector", outs["sv-lowrank"], "--dare", "0.2"],
+        + ["--safety-vector", outs["sv-lowrank"], "--dare", "0.2", "--dare-stream", "mt19937"],
     )
     return outs
 
@@ -122,7 +123,13 @@ def test_parameters_are_checked_from_their_declaration() -> None:
     from realignkit.errors import RealignError
     from realignkit.methods.resta import RESTA
 
-    assert RESTA.resolve({}) == {"gamma": 0.5, "dare_p": None, "seed": 0, "include": ()}
+    assert RESTA.resolve({}) == {
+        "gamma": 0.5,
+        "dare_p": None,
+        "seed": 0,
+        "dare_stream": "pcg64",
+        "include": (),
+    }
     assert RESTA.resolve({"gamma": "0.25", "include": "all"})["gamma"] == 0.25
     with pytest.raises(RealignError, match=r"no parameter 'gama'; its parameters: gamma, dare_p"):
         RESTA.resolve({"gama": 0.3})

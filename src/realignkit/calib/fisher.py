@@ -32,6 +32,7 @@ from realignkit import __version__
 from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
 from realignkit.calib.text import IGNORE, Encoded, encode_chat, make_batches, pad_batch, pad_id_of
 from realignkit.errors import RealignError
+from realignkit.modeling import input_device
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def _fisher_pass(
         raise RealignError(f"unknown Fisher mode {mode!r}; use one of {', '.join(FISHER_MODES)}")
     if not examples:
         raise RealignError("no harmful examples with a response to compute Fisher scores on")
-    device = next(model.parameters()).device
+    device = input_device(model)
     units = (
         [pad_batch([ex], pad_id) for ex in examples]
         if mode == "per-sample"
@@ -171,7 +172,7 @@ def generate_responses(
     progress: bool = True,
 ) -> list[str]:
     """Greedy answers of ``model`` to ``prompts`` in its chat format (left-padded batches)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad_id = pad_id_of(tokenizer)
     answers: list[str] = []
     starts = range(0, len(prompts), batch_size)
@@ -244,6 +245,8 @@ def compute_fisher(
     overwrite: bool = False,
     max_shard_size: str | int = "1GB",
     progress: bool = True,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[str, Any] | None = None,
 ) -> Path:
     """`realignkit fisher`: score the aligned model ``model`` on ``harmful`` and write ``out``."""
     from realignkit.checkpoint import CheckpointWriter, model_card
@@ -261,7 +264,16 @@ def compute_fisher(
     )
     writer = CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size)
     tokenizer = load_tokenizer(model)
-    lm = load_causal_lm(model, dtype=dtype, device=device)
+    lm = load_causal_lm(
+        model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
+    )
+    if any(p.device.type == "meta" for p in lm.parameters()):
+        # accelerate loads disk-offloaded weights into temporaries for each forward pass;
+        # their gradients never reach the parameters the accumulators watch
+        raise RealignError(
+            "Fisher scores need the gradients of weights held in memory: --device-map may "
+            "place modules on GPUs and the CPU, not on disk (raise --max-memory or add GPUs)"
+        )
     layers = select_modules(decoder_linears(lm), modules)
     prompts = [str(r["prompt"]) for r in rows]
     if generate:

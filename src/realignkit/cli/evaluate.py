@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from realignkit.cli.app import app
+from realignkit.cli.options import DeviceMapOption, MaxMemory
 from realignkit.errors import RealignError
 
 
@@ -59,6 +60,14 @@ def eval_command(
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Default: OUT/cache."),
     dtype: str | None = typer.Option(None, "--dtype", help="bf16, fp16, fp32 (default: auto)."),
     device: str | None = typer.Option(None, "--device", help="cuda, cpu... (default: auto)."),
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemory = None,
+    tensor_parallel_size: int = typer.Option(
+        1, "--tensor-parallel-size", help="vLLM: GPUs per tensor-parallel group."
+    ),
+    pipeline_parallel_size: int = typer.Option(
+        1, "--pipeline-parallel-size", help="vLLM: pipeline stages (GPUs or nodes)."
+    ),
     samples: int = typer.Option(1, "--samples", help="HumanEval samples per problem (pass@k)."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling when temperature > 0."),
@@ -113,6 +122,10 @@ def eval_command(
         judge_model=judge_model,
         name=name,
         trust_remote_code=trust_remote_code,
+        device_map=device_map,
+        max_memory=max_memory,
+        tensor_parallel_size=tensor_parallel_size,
+        pipeline_parallel_size=pipeline_parallel_size,
     )
     from realignkit.eval.stats import Rate
 

@@ -24,3 +24,19 @@ Finetuned = Annotated[str | None, typer.Option(help="The fine-tuned model (folde
 Adapter = Annotated[
     str | None, typer.Option(help="A PEFT LoRA adapter on --base, instead of --finetuned.")
 ]
+DeviceMapOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device-map",
+        help="Split the model over devices with accelerate: auto, balanced, balanced_low_0, "
+        "sequential, or a JSON map (inline or a file) of module names to a GPU index, cpu or "
+        "disk. Default: the whole model on --device.",
+    ),
+]
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory per device for --device-map, e.g. 0=70GiB,1=70GiB,cpu=200GiB.",
+    ),
+]

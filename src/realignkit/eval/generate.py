@@ -162,7 +162,9 @@ class HFGenerator(Generator):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        from realignkit.modeling import input_device
+
+        return input_device(self.model)
 
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -258,6 +260,8 @@ class VLLMGenerator(Generator):
         dtype: torch.dtype | None = None,
         seed: int = 0,
         trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        pipeline_parallel_size: int = 1,
     ) -> None:
         super().__init__(tokenizer, model_fingerprint)
         from vllm import LLM
@@ -283,6 +287,10 @@ class VLLMGenerator(Generator):
             dtype=dtype_name,
             seed=seed,
             trust_remote_code=trust_remote_code,
+            # vLLM's own parallelism: tensor parallel within a node, pipeline parallel across
+            # GPUs or nodes (a Ray cluster started beforehand, as vLLM documents)
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
             **extra,
         )
 
@@ -335,8 +343,18 @@ def load_generator(
     seed: int = 0,
     trust_remote_code: bool = False,
     memo_path: Path | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[str, Any] | None = None,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
 ) -> Generator:
-    """Load the tokenizer and model once, on the backend asked for."""
+    """Load the tokenizer and model once, on the backend asked for.
+
+    ``device_map`` / ``max_memory`` split the HF model over several devices (accelerate);
+    ``tensor_parallel_size`` / ``pipeline_parallel_size`` are vLLM's own parallelism.
+    """
+    if tensor_parallel_size < 1 or pipeline_parallel_size < 1:
+        raise RealignError("--tensor-parallel-size and --pipeline-parallel-size must be >= 1")
     from realignkit.checkpoint.source import resolve_model_dir
     from realignkit.modeling import default_device, load_causal_lm, load_tokenizer
 
@@ -350,6 +368,13 @@ def load_generator(
     tokenizer = load_tokenizer(model_dir, adapter=adapter_dir, trust_remote_code=trust_remote_code)
     folders = [model_dir] + ([adapter_dir] if adapter_dir is not None else [])
     model_fp = fingerprint(folders, memo_path)
+    if chosen != "vllm" and (tensor_parallel_size > 1 or pipeline_parallel_size > 1):
+        raise RealignError(
+            "--tensor-parallel-size / --pipeline-parallel-size are vLLM's; with the hf backend "
+            "split a large model with --device-map auto"
+        )
+    if chosen == "vllm" and device_map is not None:
+        raise RealignError("--device-map is for the hf backend; vLLM splits a model itself")
     if chosen == "vllm":
         return VLLMGenerator(
             model_dir,
@@ -359,6 +384,8 @@ def load_generator(
             dtype=dtype,
             seed=seed,
             trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
         )
     lm = load_causal_lm(
         model_dir,
@@ -367,6 +394,8 @@ def load_generator(
         device=device,
         trust_remote_code=trust_remote_code,
         merge_adapter=adapter_dir is not None,
+        device_map=device_map,
+        max_memory=max_memory,
     )
     return HFGenerator(lm, tokenizer, model_fp)
 

@@ -240,8 +240,15 @@ def evaluate(
     judge_model: str | None = None,
     name: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[str, Any] | None = None,
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
 ) -> dict[str, Any]:
     """Evaluate one model (or base + LoRA adapter) and write a report folder; return the summary.
+
+    A model larger than one device: ``device_map``/``max_memory`` (HF backend, accelerate) or
+    ``tensor_parallel_size``/``pipeline_parallel_size`` (vLLM backend).
 
     ``safety`` and ``utility`` are lists (or comma-separated strings) of benchmark specs (see
     :mod:`realignkit.eval.benchmarks`): built-in names such as ``catqa_english``, ``xstest``,
@@ -328,6 +335,10 @@ def evaluate(
             seed=seed,
             trust_remote_code=trust_remote_code,
             memo_path=memo,
+            device_map=device_map,
+            max_memory=max_memory,
+            tensor_parallel_size=tensor_parallel_size,
+            pipeline_parallel_size=pipeline_parallel_size,
         )
     except BaseException:
         for folder in made:

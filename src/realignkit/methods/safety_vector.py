@@ -32,6 +32,7 @@ from realignkit.checkpoint import (
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
+from realignkit.ops.scratch import widened_difference
 
 META_FILE = "safety_vector.json"
 FORMAT = "realignkit-safety-vector"
@@ -89,10 +90,7 @@ def compute_safety_vector(
 
             def difference(name: str) -> torch.Tensor:
                 a = aligned_ckpt.get(name)
-                u = unaligned_ckpt.get(name)
-                wide = torch.float64 if a.dtype == torch.float64 else torch.float32
-                v = a.to(wide) - u.to(wide)
-                return v.to(dtype or a.dtype)
+                return widened_difference(a, unaligned_ckpt.get(name), dtype or a.dtype)
 
             with unaligned_ckpt:
                 for name, v in map_ordered(

@@ -345,6 +345,8 @@ def finetune(
         "final_loss": round(float(losses[-1]), 4) if losses else None,
         "train_seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
         "device": str(device),
+        "processes": trainer.accelerator.num_processes,
+        "losses": [round(float(x), 6) for x in losses],
     }
     params = {k: v for k, v in asdict(config).items() if k != "extra"} | config.extra
     params["lr"] = config.learning_rate
@@ -355,24 +357,36 @@ def finetune(
         params=params | stats,
         base_model=str(model),
     )
-    lm = lm.to("cpu")
-    with CheckpointWriter(out, overwrite=overwrite) as writer:
-        if config.lora:
-            lm.save_pretrained(writer.path)
-        else:
-            lm.to(save_dtype).save_pretrained(writer.path)
-        tokenizer.padding_side = "left"
-        tokenizer.save_pretrained(writer.path)
-        writer.write_json("realignkit_train.json", {"method": method, **params, **stats})
-        writer.write_card(card)
-    log.info(
-        "%s: %d steps, loss %s -> %s, wrote %s",
-        method,
-        stats["steps"],
-        stats["first_loss"],
-        stats["final_loss"],
-        out,
-    )
+    # Under `accelerate launch` every process runs this function. The weights are gathered
+    # on every rank (a collective under FSDP / DeepSpeed ZeRO-3) and written once, by the
+    # main process, while the others wait.
+    accelerator = trainer.accelerator
+    distributed = accelerator.num_processes > 1
+    state_dict = accelerator.get_state_dict(trainer.model) if distributed else None
+    if trainer.is_world_process_zero():
+        lm = lm.to("cpu")
+        with CheckpointWriter(out, overwrite=overwrite) as writer:
+            if config.lora:
+                lm.save_pretrained(writer.path, state_dict=state_dict)
+            else:
+                if state_dict is not None:
+                    state_dict = {k: v.to(save_dtype) for k, v in state_dict.items()}
+                lm.to(save_dtype).save_pretrained(writer.path, state_dict=state_dict)
+            tokenizer.padding_side = "left"
+            tokenizer.save_pretrained(writer.path)
+            writer.write_json("realignkit_train.json", {"method": method, **params, **stats})
+            writer.write_card(card)
+    if distributed:
+        accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        log.info(
+            "%s: %d steps, loss %s -> %s, wrote %s",
+            method,
+            stats["steps"],
+            stats["first_loss"],
+            stats["final_loss"],
+            out,
+        )
     return out
 
 
