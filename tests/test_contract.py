@@ -258,6 +258,7 @@ def test_every_output_carries_one_metadata_schema(tmp_path: Path) -> None:
     assert set(meta) == {
         "format", "schema", "method", "method_version", "realignkit_version", "parameters",
         "inputs", "summary", "edited", "copied", "weights",
+        "written_by", "written", "command",  # the writer's mark: what --overwrite may replace
     }  # fmt: skip
     assert meta["method"] == "resta" and meta["parameters"]["gamma"] == 0.5
     assert meta["edited"] == 8 and meta["copied"] == 20

@@ -325,16 +325,20 @@ class CheckpointWriter:
         self._publish()
 
     def _publish(self) -> None:
-        """Mark the finished folder as realignkit's and swap it into place."""
-        self.write_json(
-            OUTPUT_MARKER,
-            {
-                "written_by": "realignkit",
-                "realignkit_version": __version__,
-                "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(shlex.quote(a) for a in sys.argv),
-            },
+        """Mark the finished folder as realignkit's and swap it into place.
+
+        The mark is the output's metadata file: where a method already wrote one (the
+        executor's ``realignkit.json``), the marker's fields are added to it.
+        """
+        marker = self.tmp_dir / OUTPUT_MARKER
+        meta = json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else {}
+        meta.update(
+            written_by="realignkit",
+            written=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            command=" ".join(shlex.quote(a) for a in sys.argv),
         )
+        meta.setdefault("realignkit_version", __version__)
+        self.write_json(OUTPUT_MARKER, meta)
         # Inputs opened after the writer was made (they are open now) are checked too.
         check_output_location(self.out_dir, open_inputs())
         swap_into_place(self.tmp_dir, self.out_dir, overwrite=self._overwrite)
