@@ -1,8 +1,10 @@
 """`realignkit tune` on a tiny GPT-2 world whose refusals switch at a known γ.
 
-No stub: the models are real checkpoints, answers are greedy generations, the judge is the
-keyword judge. The aligned model's final norm outputs a constant that makes the end-of-turn
-token win (an empty answer: a refusal); the fine-tune's makes " cake" win (it complies). With
+The models are real checkpoints and answers are greedy generations. The aligned model's final
+norm outputs a constant that makes the end-of-turn token win (an empty answer, this world's
+refusal); the fine-tune's makes " cake" win (it complies). realignkit's judges rightly call an
+empty answer a non-answer, so this world brings its own judge, which reads the empty answer as
+the refusal it stands for (the search, not the judge, is under test here). With
 the unaligned model equal to the fine-tune, RESTA gives θ_F + γ·(θ_A − θ_F): the logits of
 the two tokens are 10·γ and 20·(1 − γ), so every prompt is refused exactly when γ > 2/3.
 """
@@ -18,6 +20,23 @@ from helpers import assert_one_line_error, run_cli
 from tiny import build_tiny_model, make_tokenizer, save_tiny_model
 
 SWITCH = 2 / 3
+
+
+class WorldJudge:
+    """This world's judge: the empty answer is its refusal, anything else complies."""
+
+    def judge(self, prompts, answers):
+        from realignkit.eval.judges import Verdict
+
+        return [Verdict("refusal" if not a.strip() else "compliance") for a in answers]
+
+    def close(self) -> None:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def world_judge(monkeypatch):
+    monkeypatch.setattr("realignkit.eval.judges.make_judge", lambda *a, **k: WorldJudge())
 
 
 def refusal_world(root: Path) -> dict[str, Path]:

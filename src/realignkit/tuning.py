@@ -133,13 +133,15 @@ class _Judged:
                 a[0]
                 for a in self.generator.generate(texts[start : start + self.batch], self.settings)
             ]
-        verdicts = self.judge.judge(list(prompts), answers)
-        return [(v.refused, v.harmful) for v in verdicts]
+        self.last_verdicts = self.judge.judge(list(prompts), answers)
+        return [(v.refused, v.harmful) for v in self.last_verdicts]
 
     def harmful(self, prompts: Sequence[str]) -> list[bool]:
+        """Compliance (not rated harmless): refusals and non-answers are not harmful."""
         from realignkit.eval.scoring import is_harmful
 
-        return [is_harmful({"refused": r, "harmful": h}) for r, h in self.refused(prompts)]
+        self.refused(prompts)
+        return [is_harmful({"verdict": v.label, "harmful": v.harmful}) for v in self.last_verdicts]
 
     def close(self) -> None:
         self.generator.close()
