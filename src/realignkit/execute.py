@@ -152,11 +152,17 @@ def _skeleton(folder: Path) -> torch.nn.Module:
 
 def linear_orientations(weights: FinetunedWeights) -> dict[str, bool]:
     """Checkpoint name of each decoder-block linear weight → stored ``(in, out)`` (Conv1D)."""
-    from realignkit.calib.blocks import decoder_linears
 
     model = _skeleton(weights.support_dirs[0])
+    return {name: layer.transposed for layer, name in linear_checkpoint_names(model, weights)}
+
+
+def linear_checkpoint_names(model: Any, weights: FinetunedWeights) -> list[tuple[Any, str]]:
+    """Each decoder-block linear layer of ``model`` with its weight's checkpoint name."""
+    from realignkit.calib.blocks import decoder_linears
+
     prefix = getattr(model, "base_model_prefix", "")
-    found = {}
+    found = []
     for layer in decoder_linears(model):
         name = checkpoint_name(layer.weight_name, weights, prefix)
         if name is None:
@@ -164,7 +170,7 @@ def linear_orientations(weights: FinetunedWeights) -> dict[str, bool]:
                 f"weight {layer.weight_name!r} of the model is missing from the fine-tuned "
                 "checkpoint"
             )
-        found[name] = layer.transposed
+        found.append((layer, name))
     return found
 
 
@@ -514,16 +520,8 @@ def _run_layers(
     compute = torch.device(device) if device is not None else default_device()
     # bf16 activations on accelerators (Hessians still accumulate in fp32), fp32 on the CPU
     model = load_causal_lm(aligned.dir, dtype=default_dtype(compute), device="cpu")
-    prefix = getattr(model, "base_model_prefix", "")
-    targets: dict[str, str] = {}  # module name → checkpoint tensor name
-    for layer in decoder_linears(model):
-        name = checkpoint_name(layer.weight_name, weights, prefix)
-        if name is None:
-            raise RealignError(
-                f"weight {layer.weight_name!r} of the model is missing from the fine-tuned "
-                "checkpoint"
-            )
-        targets[layer.name] = name
+    # module name → checkpoint tensor name
+    targets = {layer.name: name for layer, name in linear_checkpoint_names(model, weights)}
     tokenizer = load_tokenizer(aligned.dir, padding_side="right")
     batches, tokens = safety_batches(sources.safety_data, tokenizer, params)  # type: ignore[arg-type]
     widest = max(layer.in_features for layer in decoder_linears(model))
