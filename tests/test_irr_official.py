@@ -515,3 +515,23 @@ def test_cli_official_sets_every_behaviour_and_explicit_options_win(tmp_path):
 def test_default_outputs_are_bit_identical_to_the_pre_official_implementation(tmp_path):
     worlds = {arch: make_world(tmp_path / arch, arch) for arch in ("llama", "gpt2")}
     assert pinned_runs(tmp_path / "runs", worlds) == PINNED
+
+
+def test_registry_recipe_takes_the_official_settings(tmp_path):
+    from realignkit.methods.registry import RealignJob, load_all
+
+    world = make_world(tmp_path / "w", "llama")
+    job = RealignJob(
+        aligned=world["base"],
+        safety_vector=world["sv"],
+        finetuned=world["ft"],
+        harmful=world["harm"],
+        calibration=world["calib"],
+        workdir=tmp_path / "work",
+        params={"official": True, "max_length": 64, "ties": "earlier", "block_size": 8},
+    )
+    done = load_all()["irr"](job, tmp_path / "out")
+    assert done.info["mask_selection"] == "adaptive" and done.info["removed"] > 0
+    meta = json.loads((done.model / "irr.json").read_text())["settings"]
+    assert meta["ties"] == "earlier" and meta["hessian_padding"] == "left-eos"
+    assert meta["max_length"] == 64 and meta["block_size"] == 8
