@@ -63,6 +63,7 @@ def world_inputs(args: argparse.Namespace) -> dict[str, Any]:
         "calibration": pick(args.calibration, "data", "gsm8k_train.jsonl"),
         "fisher": Path(args.fisher) if args.fisher else None,
         "config": None,
+        "world": world,
     }
     config = pick(None, "sweeps", "ft-full", "config.json")
     if config is not None:
@@ -108,6 +109,12 @@ def fisher_folder(inputs: dict[str, Any], params: dict[str, Any], out: Path, see
 
     if inputs["fisher"] is not None:
         return inputs["fisher"]
+    # The world's own sweeps computed them already (the recipe's cache, same samples).
+    world = inputs.get("world")
+    if world is not None:
+        name = f"fisher-per-sample-{seed}-{params['num_samples']}"
+        for found in sorted(Path(world).glob(f"sweeps/*/work/{name}/fisher.json")):
+            return found.parent
     folder = out / "fisher"
     if not (folder / "fisher.json").exists():
         compute_fisher(
@@ -175,7 +182,7 @@ def make_evaluator(inputs: dict[str, Any], args: argparse.Namespace, out: Path):
         from realignkit.demo.real.measure import evaluate_model
     except ImportError:
         evaluate_model = None
-    if plan is not None and evaluate_model is not None:
+    if plan is not None and evaluate_model is not None and not args.plain_eval:
         plan.update(safety=inputs["safety"], generation_cache=cache)
         if args.limit is not None:
             log.warning("--limit is ignored with the world's evaluation plan")
@@ -186,6 +193,10 @@ def make_evaluator(inputs: dict[str, Any], args: argparse.Namespace, out: Path):
         return world_eval, "realignkit.demo.real.measure.evaluate_model (the world's plan)"
 
     from realignkit.eval import evaluate
+
+    if plan is not None:  # the world's answer lengths and batch size
+        args.max_new_tokens = plan.get("safety_max_new_tokens", args.max_new_tokens)
+        args.gsm8k_max_new_tokens = plan.get("gsm8k_max_new_tokens", args.gsm8k_max_new_tokens)
 
     def plain_eval(model, adapter, report, name):
         summary_path = Path(report) / "summary.json"
@@ -219,7 +230,11 @@ def make_evaluator(inputs: dict[str, Any], args: argparse.Namespace, out: Path):
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
         return summary
 
-    return plain_eval, "realignkit.eval.evaluate"
+    how = (
+        f"realignkit.eval.evaluate, keyword judge, {args.max_new_tokens} new tokens, "
+        f"{args.limit or 'all'} prompts per safety set, {args.gsm8k_limit} GSM8K problems"
+    )
+    return plain_eval, how
 
 
 # --- the comparison -----------------------------------------------------------------------------
@@ -372,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gsm8k-max-new-tokens", type=int, default=160)
     parser.add_argument("--data-dir", default=None, help="shared data folder (built-in sets)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the fine-tunes")
+    parser.add_argument(
+        "--plain-eval",
+        action="store_true",
+        help="realignkit.eval.evaluate with --limit even when the world's evaluation exists "
+        "(a time-boxed run; no NLL)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -394,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         "evaluation": how,
         "irr": {**params, "fisher": str(fisher)},
-        "inputs": {k: str(v) for k, v in inputs.items() if k not in ("config",)},
+        "inputs": {k: str(v) for k, v in inputs.items() if k != "config"},
         "variants": [],
         "comparisons": [],
         "seconds": {},
