@@ -394,6 +394,8 @@ def test_adaptive_needs_the_block_budget():
             IRRSettings(mask_selection="adaptive", budget=budget).check()
     with pytest.raises(RealignError, match="--ties later"):
         IRRSettings(ties="later", budget="global").check()
+    with pytest.raises(RealignError, match="--dead-columns zero"):
+        IRRSettings(dead_columns="zero", budget="global").check()
     with pytest.raises(RealignError, match="unknown --ties 'first'"):
         IRRSettings(ties="first").check()
 

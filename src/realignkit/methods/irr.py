@@ -148,6 +148,9 @@ class IRRSettings:
             )
         if self.ties == "later" and self.budget == "global":
             raise RealignError("--ties later is defined for --budget block and matrix only")
+        if self.dead_columns == "zero" and self.budget == "global":
+            # The global ranking is computed before any Hessian says which inputs are dead.
+            raise RealignError("--dead-columns zero is defined for --budget block and matrix only")
         if self.min_calibration_tokens is not None and self.min_calibration_tokens < 0:
             raise RealignError("--min-calibration-tokens must be >= 0")
         if self.budget not in BUDGETS:
