@@ -1,4 +1,4 @@
-"""Optimal-Brain-Surgeon recalibration with a fixed removal mask (the SparseGPT sweep).
+"""Optimal-Brain-Surgeon recalibration: the SparseGPT sweep, with a fixed or per-block mask.
 
 Problem: a linear layer ``y = W x`` has some entries of ``W`` forced to zero (for IRR, ``W`` is
 the fine-tuning delta and zero means "back to the base model"). Move the *other* entries so the
