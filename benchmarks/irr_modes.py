@@ -177,6 +177,8 @@ def make_evaluator(inputs: dict[str, Any], args: argparse.Namespace, out: Path):
     """``evaluate(model, adapter, report_dir, name) -> summary``: the world's evaluation when
     available (same plan as the world's own results, with the NLL), else realignkit's."""
     plan = dict(inputs["config"]["eval"]) if inputs["config"] is not None else None
+    if args.eval_plan:  # evaluate_model's keyword arguments, e.g. a world's EvalPlan as JSON
+        plan = json.loads(Path(args.eval_plan).read_text())
     cache = str(out / "eval-cache")  # our own: the world's run may be writing its cache now
     try:
         from realignkit.demo.real.measure import evaluate_model
@@ -387,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gsm8k-max-new-tokens", type=int, default=160)
     parser.add_argument("--data-dir", default=None, help="shared data folder (built-in sets)")
     parser.add_argument("--no-baselines", action="store_true", help="skip the fine-tunes")
+    parser.add_argument(
+        "--eval-plan", help="JSON of evaluate_model's keyword arguments (else the world's)"
+    )
     parser.add_argument(
         "--plain-eval",
         action="store_true",
