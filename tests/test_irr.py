@@ -365,7 +365,6 @@ def other_models(tmp_path_factory):
 def bad_cases(world, other, tmp: Path):
     empty = tmp / "empty.jsonl"
     empty.write_text("")
-    short = write_jsonl(tmp / "short.jsonl", [{"prompt": "hi"}])
     return {
         "fisher-other-arch": (["--fisher", str(other["gpt2"]["fisher"])], "transformer.h.0"),
         "fisher-other-shape": (
@@ -377,7 +376,6 @@ def bad_cases(world, other, tmp: Path):
             "'model.layers.0.mlp.gate_proj.weight' has shape (48, 32)",
         ),
         "empty-calibration": (["--calibration", str(empty)], "empty"),
-        "short-calibration": (["--calibration", str(short)], "fewer than"),
         "rho-high": (["--rho", "1.5"], "--rho must be in [0, 1]"),
         "rho-low": (["--rho", "-0.1"], "--rho must be in [0, 1]"),
     }
@@ -390,7 +388,6 @@ def bad_cases(world, other, tmp: Path):
         "fisher-other-shape",
         "sv-other-shape",
         "empty-calibration",
-        "short-calibration",
         "rho-high",
         "rho-low",
     ],

@@ -147,7 +147,9 @@ def irr_cmd(
         bool, typer.Option(help="OBS recalibration of the retained delta.")
     ] = True,
     damping: Annotated[float, typer.Option(help="Damping, a fraction of mean(diag H).")] = 0.01,
-    block_size: Annotated[int, typer.Option(help="Columns per ranking block / OBS batch.")] = 128,
+    block_size: Annotated[
+        int | None, typer.Option(help="Columns per ranking block / OBS batch (default 128).")
+    ] = None,
     refine_steps: Annotated[
         int,
         typer.Option(
@@ -156,17 +158,115 @@ def irr_cmd(
         ),
     ] = 0,
     modules: Modules = None,
+    official: Annotated[
+        bool,
+        typer.Option(
+            "--official",
+            help="Compute what the official IRR code computes: the defaults of every option "
+            "below become the official ones (explicit options still win).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = False,
+    mask_selection: Annotated[
+        str | None,
+        typer.Option(
+            help="fixed: one mask on the original delta (default); adaptive: each block's "
+            "mask chosen inside the sweep on the updated delta (official).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    ties: Annotated[
+        str | None,
+        typer.Option(
+            help="Tied scores at the cut: remove the earlier entry (default) or the later "
+            "one (official).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    count_rounding: Annotated[
+        str | None,
+        typer.Option(
+            help="half-up: remove round(R·n) of n candidates (default); keep-floor: keep "
+            "floor((1-R)·n) (official).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    zero_is_conflict: Annotated[
+        bool | None,
+        typer.Option(
+            "--zero-is-conflict/--no-zero-is-conflict",
+            help="Count a zero delta or zero safety entry as a sign conflict (official; "
+            "default: no).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    dead_columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Inputs never active on the calibration data (H_jj = 0): keep the retained "
+            "delta (default) or zero it (official).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    hessian_padding: Annotated[
+        str | None,
+        typer.Option(
+            help="real-tokens: right padding left out of H (default); left-eos: sequences "
+            "left-padded with EOS to --max-length, every position in H (official).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    calibration_format: Annotated[
+        str | None,
+        typer.Option(
+            help="chat: the chat template (default); official: Llama-2 system prompt, "
+            "'{prompt}\\n{input}', response + EOS.",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    calibration_rows: Annotated[
+        str | None,
+        typer.Option(
+            help="random: a seeded subsample of --num-samples rows (default); first: the "
+            "first rows (official).",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = None,
+    true_sequential: Annotated[
+        bool,
+        typer.Option(
+            "--true-sequential",
+            help="The official driver's flag: edit only q_proj and v_proj.",
+            rich_help_panel="Official behaviour",
+        ),
+    ] = False,
     num_samples: NumSamples = 128,
-    max_length: MaxLength = 512,
+    max_length: Annotated[
+        int | None, typer.Option(help="Tokens per sample at most (default 512).")
+    ] = None,
     batch_size: BatchSize = 8,
     min_calibration_tokens: Annotated[
         int | None,
-        typer.Option(help="Refuse fewer calibration tokens (default: widest layer input)."),
+        typer.Option(
+            help="Refuse fewer calibration tokens (default: only warn when fewer than the "
+            "widest edited layer's inputs)."
+        ),
     ] = None,
     prompt_column: PromptColumn = "prompt",
     response_column: Annotated[
         str | None, typer.Option(help="Column of responses (default: 'response' if present).")
     ] = None,
+    input_column: Annotated[
+        str, typer.Option(help="--calibration-format official: the column of '{input}'.")
+    ] = "input",
+    text_column: Annotated[
+        str | None,
+        typer.Option(help="Calibrate on raw text in this column (tokenised as it is)."),
+    ] = None,
+    ids_column: Annotated[
+        str,
+        typer.Option(help="Rows with this column are token id lists, used as they are."),
+    ] = "input_ids",
     device: Device = None,
     dtype: Dtype = None,
     seed: Seed = 0,
@@ -178,7 +278,7 @@ def irr_cmd(
     from realignkit.calib.fisher import FisherScores
     from realignkit.checkpoint import FinetunedWeights
     from realignkit.errors import RealignError
-    from realignkit.methods.irr import IRRSettings, irr
+    from realignkit.methods.irr import TRUE_SEQUENTIAL_MODULES, IRRSettings, irr
     from realignkit.methods.safety_vector import SafetyVector
     from realignkit.modeling import parse_dtype
 
@@ -188,22 +288,40 @@ def irr_cmd(
         if not 0.0 <= sparsity <= 1.0:
             raise RealignError(f"--sparsity must be in [0, 1], got {sparsity}")
         rho = 1.0 - sparsity
-    settings = IRRSettings(
+    if true_sequential and modules:
+        raise RealignError("give --true-sequential or --modules, not both")
+    explicit = {
+        "mask_selection": mask_selection,
+        "ties": ties,
+        "count_rounding": count_rounding,
+        "zero_is_conflict": zero_is_conflict,
+        "dead_columns": dead_columns,
+        "hessian_padding": hessian_padding,
+        "calibration_format": calibration_format,
+        "calibration_rows": calibration_rows,
+        "block_size": block_size,
+        "max_length": max_length,
+    }
+    behaviour = {k: v for k, v in explicit.items() if v is not None}
+    make = IRRSettings.official if official else IRRSettings
+    settings = make(
+        **behaviour,
         rho=0.5 if rho is None else rho,
         budget=budget,
         mask=mask,
         use_sign=sign,
         recalibrate=recalibrate,
         damping=damping,
-        block_size=block_size,
         refine_steps=refine_steps,
-        modules=_split(modules),
+        modules=list(TRUE_SEQUENTIAL_MODULES) if true_sequential else _split(modules),
         num_samples=num_samples,
-        max_length=max_length,
         batch_size=batch_size,
         min_calibration_tokens=min_calibration_tokens,
         prompt_column=prompt_column,
         response_column=response_column,
+        input_column=input_column,
+        text_column=text_column,
+        ids_column=ids_column,
         seed=seed,
         device=device,
         dtype=parse_dtype(dtype),

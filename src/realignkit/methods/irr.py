@@ -17,13 +17,22 @@ R = 1 removes every sign-conflicting entry. The official code exposes R as Spars
 Ablations: ``mask="random"`` (same count per unit, random choice), ``mask="magnitude"``
 (largest ``|δ|``), ``use_sign=False`` (every entry is a candidate: Fisher alone), ``rho=1``,
 ``recalibrate=False``.
+
+The official code's behaviour (``IRRSettings.official()``, ``realignkit irr --official``)
+differs in seven details, each a setting of its own (see :data:`OFFICIAL`): the mask of each
+128-column block is chosen inside the sweep on the delta as updated by the blocks to its left
+(``mask_selection="adaptive"``); ties at the cut remove the later entry; ``⌊n·(1 − R)⌋`` of
+``n`` candidates are kept; zeros count as sign conflicts; columns of dead inputs get δ = 0;
+the Hessian sees every position of calibration sequences left-padded with EOS; and the
+calibration text is Llama-2's default system prompt, ``"{instruction}\n{input}"``, the
+response and EOS, from the first N rows.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +46,11 @@ from realignkit.methods.registry import Realigned, RealignJob, recipe
 from realignkit.methods.safety_vector import SafetyVector
 from realignkit.ops.masks import (
     BUDGETS,
+    COUNT_ROUNDINGS,
     MASK_KINDS,
+    TIES,
     GlobalCutoff,
+    check_choice,
     check_fraction,
     global_cutoff,
     key_histogram,
@@ -47,11 +59,32 @@ from realignkit.ops.masks import (
     sign_conflict,
     top_fraction_mask,
 )
-from realignkit.ops.obs import obs_recalibrate, output_error
+from realignkit.ops.obs import BlockChooser, obs_recalibrate, obs_recalibrate_adaptive, output_error
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 META_FILE = "irr.json"
+MASK_SELECTIONS = ("fixed", "adaptive")
+DEAD_COLUMNS = ("keep", "zero")
+HESSIAN_PADDINGS = ("real-tokens", "left-eos")
+CALIBRATION_FORMATS = ("chat", "official")
+CALIBRATION_ROWS = ("random", "first")
+
+# What the official IRR code does, as settings (each one also a CLI option).
+OFFICIAL: dict[str, Any] = {
+    "mask_selection": "adaptive",
+    "ties": "later",
+    "count_rounding": "keep-floor",
+    "zero_is_conflict": True,
+    "dead_columns": "zero",
+    "hessian_padding": "left-eos",
+    "calibration_format": "official",
+    "calibration_rows": "first",
+    "block_size": 128,
+    "max_length": 512,
+}
+# The official driver's --true-sequential flag edits only these (the LoRA targets).
+TRUE_SEQUENTIAL_MODULES = ["q_proj", "v_proj"]
 
 
 @dataclass
@@ -70,15 +103,56 @@ class IRRSettings:
     num_samples: int = 128
     max_length: int = 512
     batch_size: int = 8
-    min_calibration_tokens: int | None = None  # default: widest input of an edited layer
+    min_calibration_tokens: int | None = None  # refuse fewer (default: warn below widest input)
     prompt_column: str = "prompt"
     response_column: str | None = None  # default: "response" when the data has it
     seed: int = 0  # random masks and calibration subsampling
     device: str | None = None
     dtype: torch.dtype | None = None  # precision of the calibration forward passes
+    # How the mask is chosen: once on the original δ (fixed), or per block inside the sweep on
+    # the δ the earlier blocks' updates left (adaptive, the official code).
+    mask_selection: str = "fixed"
+    ties: str = "earlier"  # which tied entry at the cut is removed: earlier | later
+    count_rounding: str = "half-up"  # removed round(R·n) | keep-floor: kept ⌊(1 − R)·n⌋
+    zero_is_conflict: bool = False  # sign(δ) ≠ sign(v) instead of δ·v < 0
+    dead_columns: str = "keep"  # inputs with H_jj = 0: keep the retained δ | zero it
+    hessian_padding: str = "real-tokens"  # real-tokens | left-eos (pads counted, attended)
+    calibration_format: str = "chat"  # chat | official (Llama-2 system prompt, EOS ending)
+    calibration_rows: str = "random"  # random (seeded subsample) | first N rows
+    text_column: str | None = None  # raw text rows, tokenised as they are
+    ids_column: str = "input_ids"  # rows with this column are token ids, used as they are
+    input_column: str = "input"  # official format: user message "{prompt}\n{input}"
+
+    @classmethod
+    def official(cls, **overrides: Any) -> IRRSettings:
+        """The official code's behaviour (:data:`OFFICIAL`), with ``overrides`` on top."""
+        return cls(**{**OFFICIAL, **overrides})
+
+    @property
+    def is_official(self) -> bool:
+        return all(getattr(self, key) == value for key, value in OFFICIAL.items())
 
     def check(self) -> None:
         check_fraction(self.rho)
+        check_choice(self.mask_selection, MASK_SELECTIONS, "--mask-selection")
+        check_choice(self.ties, TIES, "--ties")
+        check_choice(self.count_rounding, COUNT_ROUNDINGS, "--count-rounding")
+        check_choice(self.dead_columns, DEAD_COLUMNS, "--dead-columns")
+        check_choice(self.hessian_padding, HESSIAN_PADDINGS, "--hessian-padding")
+        check_choice(self.calibration_format, CALIBRATION_FORMATS, "--calibration-format")
+        check_choice(self.calibration_rows, CALIBRATION_ROWS, "--calibration-rows")
+        if self.mask_selection == "adaptive" and self.budget != "block":
+            raise RealignError(
+                f"--mask-selection adaptive chooses the mask block by block: it needs "
+                f"--budget block, not {self.budget!r}"
+            )
+        if self.ties == "later" and self.budget == "global":
+            raise RealignError("--ties later is defined for --budget block and matrix only")
+        if self.dead_columns == "zero" and self.budget == "global":
+            # The global ranking is computed before any Hessian says which inputs are dead.
+            raise RealignError("--dead-columns zero is defined for --budget block and matrix only")
+        if self.min_calibration_tokens is not None and self.min_calibration_tokens < 0:
+            raise RealignError("--min-calibration-tokens must be >= 0")
         if self.budget not in BUDGETS:
             raise RealignError(f"unknown --budget {self.budget!r}; use {', '.join(BUDGETS)}")
         if self.mask not in MASK_KINDS:
@@ -128,6 +202,23 @@ class Target:
 # --- the three steps, on one weight in (out, in) orientation ---------------------------------
 
 
+def candidates_of(
+    delta: torch.Tensor, safety: torch.Tensor | None, settings: IRRSettings
+) -> torch.Tensor:
+    """The entries that may be removed: sign conflicts with v (all entries with ``--no-sign``).
+
+    ``safety=None`` is a low-rank safety vector that does not touch this weight (v = 0): no
+    conflicts, or, when zeros count as conflicts, every non-zero δ.
+    """
+    if not settings.use_sign:
+        return torch.ones_like(delta, dtype=torch.bool)
+    if safety is None:
+        if settings.zero_is_conflict:
+            return delta != 0
+        return torch.zeros_like(delta, dtype=torch.bool)
+    return sign_conflict(delta, safety, zero_is_conflict=settings.zero_is_conflict)
+
+
 def identify(
     delta: torch.Tensor,
     safety: torch.Tensor | None,
@@ -136,19 +227,18 @@ def identify(
     cutoff: GlobalCutoff | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The unsafe entries of one weight, and how many candidates there were."""
-    if settings.use_sign:
-        candidates = (
-            sign_conflict(delta, safety)
-            if safety is not None
-            else torch.zeros_like(delta, dtype=torch.bool)
-        )
-    else:
-        candidates = torch.ones_like(delta, dtype=torch.bool)
+    candidates = candidates_of(delta, safety, settings)
     if settings.budget == "global":
         assert cutoff is not None
         return cutoff.apply(scores, candidates), int(candidates.sum())
     mask = top_fraction_mask(
-        scores, candidates, settings.rho, budget=settings.budget, block_size=settings.block_size
+        scores,
+        candidates,
+        settings.rho,
+        budget=settings.budget,
+        block_size=settings.block_size,
+        ties=settings.ties,
+        rounding=settings.count_rounding,
     )
     return mask, int(candidates.sum())
 
@@ -169,7 +259,58 @@ def recalibrate(
         damping=settings.damping,
         block_size=settings.block_size,
         refine_steps=settings.refine_steps,
+        zero_dead_columns=settings.dead_columns == "zero",
     )
+
+
+def block_chooser(
+    safety: torch.Tensor | None,
+    scores: torch.Tensor,
+    settings: IRRSettings,
+    candidates_seen: list[int],
+) -> BlockChooser:
+    """Identification as a step of the sweep: each block's removals, chosen on the block as
+    the earlier blocks' OBS updates left it (sign conflicts of the updated δ with v, the top R
+    by score within the block). ``--mask magnitude`` ranks the updated ``|δ|``. The candidates
+    found per block are added to ``candidates_seen[0]``."""
+
+    def choose(start: int, end: int, block: torch.Tensor) -> torch.Tensor:
+        local_safety = None if safety is None else safety[:, start:end]
+        candidates = candidates_of(block, local_safety, settings)
+        local_scores = block.abs() if settings.mask == "magnitude" else scores[:, start:end]
+        candidates_seen[0] += int(candidates.sum())
+        return top_fraction_mask(
+            local_scores,
+            candidates,
+            settings.rho,
+            budget="matrix",  # the block is the ranking unit; row-major order inside it
+            ties=settings.ties,
+            rounding=settings.count_rounding,
+        )
+
+    return choose
+
+
+def recalibrate_adaptive(
+    delta: torch.Tensor,
+    safety: torch.Tensor | None,
+    scores: torch.Tensor,
+    hessian: torch.Tensor,
+    settings: IRRSettings,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Identify, remove and recalibrate in one sweep; the new δ, the removal mask and the
+    number of candidates."""
+    seen = [0]
+    kept, unsafe = obs_recalibrate_adaptive(
+        delta,
+        hessian,
+        block_chooser(safety, scores, settings, seen),
+        damping=settings.damping,
+        block_size=settings.block_size,
+        refine_steps=settings.refine_steps,
+        zero_dead_columns=settings.dead_columns == "zero",
+    )
+    return kept, unsafe, seen[0]
 
 
 # --- reading the inputs of one weight ---------------------------------------------------------
@@ -303,31 +444,127 @@ def plan_targets(
     return targets
 
 
-def calibration_examples(path: PathLike, tokenizer: Any, settings: IRRSettings) -> list[Any]:
-    """Calibration rows as chat-formatted token ids (prompt, plus response when present)."""
-    from realignkit.calib.text import encode_chat
-    from realignkit.data import read_prompts, read_rows
+def calibration_examples(
+    path: PathLike, tokenizer: Any, settings: IRRSettings, *, vocab_size: int | None = None
+) -> list[Any]:
+    """Calibration rows as token ids, from one of three kinds of rows:
 
-    response_column = settings.response_column
-    if response_column is None and "response" in read_rows(path)[0]:
-        response_column = "response"
-    rows = read_prompts(
-        path,
-        prompt_column=settings.prompt_column,
-        response_column=response_column,
-        limit=settings.num_samples,
-        seed=settings.seed,
-    )
-    encoded = [
-        encode_chat(
-            tokenizer,
-            str(row["prompt"]),
-            str(row["response"]) if response_column else None,
-            max_length=settings.max_length,
+    - ``settings.text_column`` given: raw text, tokenised as it is;
+    - rows with ``settings.ids_column`` (``input_ids``): token ids used as they are (checked
+      against ``vocab_size``), so a run can use exactly the tokens a fine-tune saw;
+    - otherwise prompt (+ response) rows in ``settings.calibration_format``: ``chat`` (the
+      tokenizer's chat template) or ``official`` (Llama-2's default system prompt, user message
+      ``"{prompt}\n{input}"``, then the response's tokens and EOS).
+
+    ``settings.calibration_rows``: a seeded random subsample of ``num_samples`` rows, or the
+    first ``num_samples``. Every row is cut to ``max_length`` tokens; empty ones are dropped.
+    """
+    from realignkit.calib.text import encode_chat, encode_ids, encode_text
+    from realignkit.data import read_rows, require_columns, subsample
+
+    rows = read_rows(path)
+    if settings.calibration_rows == "first":
+        rows = rows[: settings.num_samples]
+    else:
+        rows = subsample(rows, settings.num_samples, settings.seed)
+    limit = settings.max_length
+    if settings.text_column is not None:
+        require_columns(rows, [settings.text_column], str(path))
+        encoded = [
+            encode_text(tokenizer, str(r[settings.text_column]), max_length=limit) for r in rows
+        ]
+    elif settings.ids_column in rows[0]:
+        require_columns(rows, [settings.ids_column], str(path))
+        encoded = [
+            encode_ids(
+                r[settings.ids_column],
+                max_length=limit,
+                vocab_size=vocab_size,
+                where=f"{path}: row {i + 1}",
+            )
+            for i, r in enumerate(rows)
+        ]
+    else:
+        response_column = settings.response_column
+        if response_column is None and "response" in rows[0]:
+            response_column = "response"
+        require_columns(
+            rows,
+            [settings.prompt_column] + ([response_column] if response_column else []),
+            str(path),
         )
-        for row in rows
-    ]
+        official = settings.calibration_format == "official"
+        system_prompt = None
+        if official:
+            from realignkit.eval.generate import LLAMA2_SYSTEM_PROMPT as system_prompt
+
+        def user_message(row: dict) -> str:
+            prompt = str(row[settings.prompt_column])
+            # The official template joins instruction and input with a newline, always.
+            return f"{prompt}\n{row.get(settings.input_column) or ''}" if official else prompt
+
+        encoded = [
+            encode_chat(
+                tokenizer,
+                user_message(row),
+                str(row[response_column]) if response_column else None,
+                max_length=limit,
+                system_prompt=system_prompt,
+                response_end="eos" if official else "template",
+            )
+            for row in rows
+        ]
     return [e for e in encoded if e.ids]
+
+
+def calibration_batches(examples: list[Any], tokenizer: Any, settings: IRRSettings) -> list[dict]:
+    """Token batches for the Hessians: right-padded with padding masked out (real tokens
+    only), or ``left-eos``: left-padded with EOS to ``max_length``, every position counted and
+    attended (a forward pass on the input ids alone, as the official code's loader feeds it)."""
+    from realignkit.calib.text import make_batches, pad_id_of
+
+    if settings.hessian_padding == "left-eos":
+        if tokenizer.eos_token_id is None:
+            raise RealignError("--hessian-padding left-eos needs a tokenizer with an EOS token")
+        return make_batches(
+            examples,
+            settings.batch_size,
+            int(tokenizer.eos_token_id),
+            left=True,
+            width=settings.max_length,
+            attend_padding=True,
+        )
+    return make_batches(examples, settings.batch_size, pad_id_of(tokenizer))
+
+
+def check_calibration_size(
+    positions: int, targets: list[Target], settings: IRRSettings, source: PathLike
+) -> None:
+    """Refuse no tokens (or fewer than an explicit ``min_calibration_tokens``); warn, with the
+    numbers, when fewer positions than a layer's inputs leave its Hessian rank-deficient:
+    damping keeps it invertible and the sweep runs (as the official code does)."""
+    needed = settings.min_calibration_tokens
+    if positions == 0 or (needed is not None and positions < needed):
+        raise RealignError(
+            f"calibration data {str(source)!r} give {positions} tokens, fewer than "
+            f"--min-calibration-tokens {needed or 1}: use more --num-samples or a longer "
+            "--max-length"
+        )
+    widest = max(targets, key=lambda t: t.layer.in_features)
+    if positions < widest.layer.in_features:
+        log.warning(
+            "calibration data %s give %d token positions, fewer than the %d inputs of %s: "
+            "its Hessian has rank at most %d of %d; damping (%g x mean diag H) keeps it "
+            "invertible, but the compensation is under-determined (more --num-samples or a "
+            "longer --max-length help)",
+            source,
+            positions,
+            widest.layer.in_features,
+            widest.name,
+            positions,
+            widest.layer.in_features,
+            settings.damping,
+        )
 
 
 def _global_cutoff(
@@ -338,14 +575,7 @@ def _global_cutoff(
 
     def candidates_and_scores(target: Target) -> tuple[torch.Tensor, torch.Tensor]:
         loaded = inputs.load(target, device)
-        delta, safety = loaded["delta"], loaded["safety"]
-        if not settings.use_sign:
-            cand = torch.ones_like(delta, dtype=torch.bool)
-        elif safety is None:
-            cand = torch.zeros_like(delta, dtype=torch.bool)
-        else:
-            cand = sign_conflict(delta, safety)
-        return cand, loaded["scores"]
+        return candidates_of(loaded["delta"], loaded["safety"], settings), loaded["scores"]
 
     high = torch.zeros(1 << 16, dtype=torch.long)
     total = 0
@@ -361,7 +591,8 @@ def _global_cutoff(
             low += key_histogram(scores, cand, high_bin=high_bin)
         return low
 
-    return global_cutoff(high, low_histogram, removal_count(settings.rho, total))
+    removals = removal_count(settings.rho, total, rounding=settings.count_rounding)
+    return global_cutoff(high, low_histogram, removals)
 
 
 def _load_running_model(weights: FinetunedWeights, settings: IRRSettings, device: torch.device):
@@ -411,8 +642,9 @@ def irr(
     device = torch.device(settings.device) if settings.device else default_device()
     # Everything is checked before anything is written: a mismatch leaves no output.
     check_same_layout(safety_vector, weights)
-    targets = plan_targets(_skeleton(weights), weights, safety_vector, fisher, settings)
-    tokenizer = examples = None
+    skeleton = _skeleton(weights)
+    targets = plan_targets(skeleton, weights, safety_vector, fisher, settings)
+    tokenizer = examples = batches = None
     if settings.recalibrate:
         from realignkit.modeling import load_tokenizer
 
@@ -420,17 +652,11 @@ def irr(
         tokenizer = load_tokenizer(
             weights.support_dirs[0], adapter=adapter_dir, padding_side="right"
         )
-        examples = calibration_examples(calibration, tokenizer, settings)  # type: ignore[arg-type]
-        tokens = sum(len(e.ids) for e in examples)
-        needed = settings.min_calibration_tokens
-        if needed is None:
-            needed = max(t.layer.in_features for t in targets)
-        if tokens == 0 or tokens < needed:
-            raise RealignError(
-                f"calibration data {str(calibration)!r} give {tokens} tokens, fewer than the "
-                f"{needed} inputs of the widest edited layer: use more --num-samples or a longer "
-                "--max-length (or lower --min-calibration-tokens)"
-            )
+        vocab = getattr(skeleton.config, "vocab_size", None)
+        examples = calibration_examples(calibration, tokenizer, settings, vocab_size=vocab)  # type: ignore[arg-type]
+        batches = calibration_batches(examples, tokenizer, settings)
+        positions = sum(int(b["attention_mask"].sum()) for b in batches)
+        check_calibration_size(positions, targets, settings, calibration)  # type: ignore[arg-type]
     inputs = _Inputs(weights, safety_vector, fisher, settings)
     cutoff = None
     if settings.budget == "global":
@@ -443,7 +669,19 @@ def irr(
         """Identify → remove → recalibrate one weight; returns the new (out, in) weight."""
         loaded = inputs.load(target, device)
         delta = loaded["delta"]
-        unsafe, candidates = identify(delta, loaded["safety"], loaded["scores"], settings, cutoff)
+        start = delta  # what identification and the sweep start from
+        if hessian is not None and settings.dead_columns == "zero":
+            # Inputs the calibration data never activate: δ = 0 there before anything is chosen.
+            start = delta.masked_fill(torch.diagonal(hessian).eq(0).unsqueeze(0), 0.0)
+        adaptive = hessian is not None and settings.mask_selection == "adaptive"
+        if adaptive:
+            kept, unsafe, candidates = recalibrate_adaptive(
+                start, loaded["safety"], loaded["scores"], hessian, settings
+            )
+        else:
+            unsafe, candidates = identify(
+                start, loaded["safety"], loaded["scores"], settings, cutoff
+            )
         stats = LayerStats(target.name, delta.numel(), candidates, int(unsafe.sum()))
         theta_f, theta_b = loaded["theta_f"], loaded["theta_b"]
         layer = target.layer
@@ -453,7 +691,8 @@ def irr(
             # and all others θ_F bit for bit (θ_B + δ would round).
             new = torch.where(unsafe_stored, theta_b, theta_f)
         else:
-            kept = recalibrate(delta, unsafe, hessian, settings)
+            if not adaptive:
+                kept = recalibrate(start, unsafe, hessian, settings)
             stats.error_removed = output_error(remove(delta, unsafe) - delta, hessian)
             stats.error_recalibrated = output_error(kept - delta, hessian)
             recal = (theta_b.float() + layer.from_kernel(kept).cpu()).to(theta_f.dtype)
@@ -467,10 +706,8 @@ def irr(
     with writer:
         if settings.recalibrate:
             from realignkit.calib.hessian import edit_blockwise
-            from realignkit.calib.text import make_batches, pad_id_of
 
             model = _load_running_model(weights, settings, device)
-            batches = make_batches(examples, settings.batch_size, pad_id_of(tokenizer))
 
             def edit_block(index: int, layers: list[LinearLayer], hessians: dict) -> None:
                 for layer in layers:
@@ -480,7 +717,7 @@ def irr(
 
             edit_blockwise(
                 model,
-                batches,
+                batches,  # type: ignore[arg-type]
                 edit_block,
                 device=device,
                 select=lambda layer: layer.name in by_layer,
@@ -497,7 +734,7 @@ def irr(
             if name not in edited:
                 writer.add(name, weights.get(name))
         writer.copy_support_files(*weights.support_dirs)
-        _write_card(writer, result, weights, safety_vector, fisher, calibration, settings, examples)
+        _write_card(writer, result, weights, safety_vector, fisher, calibration, settings, batches)
     return result
 
 
@@ -509,7 +746,7 @@ def _write_card(
     fisher: FisherScores | None,
     calibration: PathLike | None,
     settings: IRRSettings,
-    examples: list[Any] | None,
+    batches: list[dict] | None,
 ) -> None:
     entries = sum(s.entries for s in result.layers)
     candidates = sum(s.candidates for s in result.layers)
@@ -520,6 +757,11 @@ def _write_card(
         "mask": settings.mask,
         "sign conflict required": settings.use_sign,
         "recalibrate": settings.recalibrate,
+        "official preset (all of --official)": settings.is_official,
+        "mask selection": settings.mask_selection if settings.recalibrate else "fixed",
+        "ties at the cut": f"the {settings.ties} entry is removed",
+        "count rounding": settings.count_rounding,
+        "zeros count as sign conflicts": settings.zero_is_conflict,
         "seed": settings.seed,
         "layers edited": len(result.layers),
         "entries removed": f"{result.removed} of {entries} "
@@ -531,8 +773,16 @@ def _write_card(
                 "damping (of mean diag H)": settings.damping,
                 "lazy batch / ranking block (columns)": settings.block_size,
                 "refinement steps after the sweep": settings.refine_steps,
-                "calibration samples": len(examples or []),
-                "calibration tokens": sum(len(e.ids) for e in examples or []),
+                "dead input columns": settings.dead_columns,
+                "Hessian padding": settings.hessian_padding,
+                "calibration format": settings.calibration_format
+                if settings.text_column is None
+                else f"raw text column {settings.text_column!r}",
+                "calibration rows": settings.calibration_rows,
+                "calibration samples": sum(len(b["input_ids"]) for b in batches or []),
+                "calibration token positions in H": sum(
+                    int(b["attention_mask"].sum()) for b in batches or []
+                ),
                 "max length": settings.max_length,
             }
         )
@@ -545,8 +795,19 @@ def _write_card(
         "by the chosen score inside each budget unit; the top R are reset to θ_B"
         + (
             "; the retained delta of each linear layer is then recalibrated with Optimal Brain "
-            "Surgeon updates (SparseGPT sweep, H = (2/n) Σ x xᵀ over non-padding calibration "
-            "tokens, layer inputs from the already edited blocks)."
+            "Surgeon updates (SparseGPT sweep, H = (2/n) Σ x xᵀ over "
+            + (
+                "every position of the EOS-left-padded calibration sequences"
+                if settings.hessian_padding == "left-eos"
+                else "non-padding calibration tokens"
+            )
+            + ", layer inputs from the already edited blocks)"
+            + (
+                f"; each {settings.block_size}-column block's mask is chosen inside the sweep, "
+                "on the delta as the blocks to its left left it."
+                if settings.mask_selection == "adaptive"
+                else "."
+            )
             if settings.recalibrate
             else "; no recalibration."
         ),
@@ -610,22 +871,28 @@ def irr_recipe(job: RealignJob, out: Path) -> Realigned:
     """IRR with Fisher scores of the aligned model on ``job.harmful`` (cached in workdir).
 
     ``params``: rho (0.5), budget, mask, use_sign, recalibrate, fisher_mode ("per-sample"),
-    num_samples, max_length. Safe responses are generated by the aligned model when the
-    harmful data hold none.
+    num_samples, max_length, ``official`` (start from :data:`OFFICIAL`) and any of its keys
+    (mask_selection, ties, count_rounding, zero_is_conflict, dead_columns, hessian_padding,
+    calibration_format, calibration_rows). Safe responses are generated by the aligned model
+    when the harmful data hold none.
     """
     from realignkit.calib.fisher import compute_fisher
     from realignkit.data import read_rows
 
     params = dict(job.params)
-    settings = IRRSettings(
+    start = IRRSettings.official() if bool(params.get("official", False)) else IRRSettings()
+    choices = {key: params[key] for key in OFFICIAL if key in params and key != "max_length"}
+    settings = replace(
+        start,
         rho=float(params.get("rho", 0.5)),
         budget=str(params.get("budget", "block")),
         mask=str(params.get("mask", "fisher")),
         use_sign=bool(params.get("use_sign", True)),
         recalibrate=bool(params.get("recalibrate", True)),
         num_samples=int(params.get("num_samples", 128)),
-        max_length=int(params.get("max_length", 512)),
+        max_length=int(params.get("max_length", start.max_length)),
         seed=job.seed,
+        **choices,
     )
     fisher_dir = None
     if settings.mask == "fisher":
@@ -666,5 +933,11 @@ def irr_recipe(job: RealignJob, out: Path) -> Realigned:
         if fisher is not None:
             fisher.close()
     return Realigned(
-        model=out, info={"rho": settings.rho, "removed": result.removed, "budget": settings.budget}
+        model=out,
+        info={
+            "rho": settings.rho,
+            "removed": result.removed,
+            "budget": settings.budget,
+            "mask_selection": settings.mask_selection,
+        },
     )

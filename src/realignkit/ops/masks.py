@@ -8,6 +8,12 @@ candidates are the entries whose delta sign conflicts with the safety vector (or
 with ``--no-sign``); the ``round(R · #candidates)`` candidates with the highest score are
 removed. Ties are broken by position (earlier entry first), so results are deterministic.
 
+The official IRR code differs in three details, each available here as an option:
+``zero_is_conflict`` (``sign(δ) ≠ sign(v)``: a zero on either side conflicts with a non-zero
+on the other), ``rounding="keep-floor"`` (keep ``⌊n·(1 − R)⌋`` of ``n`` candidates, i.e. the
+removed count is rounded up) and ``ties="later"`` (of tied scores at the cut the later entry is
+removed: an ascending stable sort, removal from the cut on).
+
 Random scores come from a generator seeded by ``(seed, tensor name)``: the mask of one tensor
 never depends on which tensors were processed before it.
 """
@@ -24,18 +30,26 @@ from realignkit.errors import RealignError
 
 BUDGETS = ("block", "matrix", "global")
 MASK_KINDS = ("fisher", "magnitude", "random")
+TIES = ("earlier", "later")  # which of tied entries at the cut is removed
+COUNT_ROUNDINGS = ("half-up", "keep-floor")  # round(R·n) removed, or n − ⌊(1 − R)·n⌋
 HIST_BINS = 1 << 16
 
 
-def sign_conflict(delta: torch.Tensor, safety: torch.Tensor) -> torch.Tensor:
+def sign_conflict(
+    delta: torch.Tensor, safety: torch.Tensor, *, zero_is_conflict: bool = False
+) -> torch.Tensor:
     """Entries where the fine-tuning delta points against the safety vector (``δ·v < 0``).
 
-    Zeros never conflict: removing a zero delta is a no-op and would waste budget.
+    By default zeros never conflict: removing a zero delta is a no-op and would waste budget.
+    ``zero_is_conflict`` compares signs instead (``sign(δ) ≠ sign(v)``, the official code's
+    rule): ``δ = 0`` against ``v ≠ 0``, or ``δ ≠ 0`` against ``v = 0``, conflicts.
     """
     if delta.shape != safety.shape:
         raise RealignError(
             f"safety vector shape {tuple(safety.shape)} differs from delta {tuple(delta.shape)}"
         )
+    if zero_is_conflict:
+        return torch.sign(delta.float()) != torch.sign(safety.float())
     return (delta.float() * safety.float()) < 0
 
 
@@ -76,13 +90,48 @@ def check_fraction(fraction: float) -> None:
         raise RealignError(f"--rho must be in [0, 1], got {fraction}")
 
 
-def removal_count(fraction: float, candidates: int) -> int:
-    """``round(R · candidates)`` with halves rounded up: R = 1 takes all, R = 0 none."""
+def check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
+    """One line naming the valid values of an option."""
+    if value not in choices:
+        raise RealignError(f"unknown {option} {value!r}; use {', '.join(choices)}")
+
+
+def keep_fraction(fraction: float) -> float:
+    """``1 − R`` rounded to 12 decimals, so ``--rho 1 − s`` gives back the ``s`` a user typed
+    (``1 − 0.7`` is 0.30000000000000004, whose ``⌊n·s⌋`` can differ from that of 0.3)."""
+    return round(1.0 - fraction, 12)
+
+
+def removal_count(fraction: float, candidates: int, *, rounding: str = "half-up") -> int:
+    """How many of ``candidates`` are removed: ``round(R · n)`` with halves rounded up, or,
+    with ``rounding="keep-floor"``, ``n − ⌊(1 − R) · n⌋`` (the official code keeps the floor).
+    Either way R = 1 takes all and R = 0 none."""
+    check_choice(rounding, COUNT_ROUNDINGS, "--count-rounding")
+    if rounding == "keep-floor":
+        return candidates - math.floor(keep_fraction(fraction) * candidates)
     return min(candidates, math.floor(fraction * candidates + 0.5))
 
 
-def _top_in_rows(scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor):
-    """Per row of a ``(units, size)`` layout: the ``counts[u]`` best candidates (stable)."""
+def _removal_counts(fraction: float, candidates: torch.Tensor, rounding: str) -> torch.Tensor:
+    """:func:`removal_count` of every entry of an integer tensor of candidate counts."""
+    check_choice(rounding, COUNT_ROUNDINGS, "--count-rounding")
+    if rounding == "keep-floor":
+        return candidates - torch.floor(keep_fraction(fraction) * candidates.double()).long()
+    return torch.floor(fraction * candidates.double() + 0.5).long()
+
+
+def _top_in_rows(
+    scores: torch.Tensor, candidates: torch.Tensor, counts: torch.Tensor, ties: str = "earlier"
+):
+    """Per row of a ``(units, size)`` layout: the ``counts[u]`` best candidates (stable).
+
+    ``ties="later"`` ranks tied scores later entry first; flipping the row order before the
+    same stable sort does exactly that.
+    """
+    check_choice(ties, TIES, "--ties")
+    if ties == "later":
+        flipped = _top_in_rows(scores.flip(1), candidates.flip(1), counts, "earlier")
+        return flipped.flip(1)
     ranked = torch.where(candidates, scores.float(), -math.inf)
     order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
     rank_of = torch.empty_like(order)
@@ -97,11 +146,14 @@ def top_fraction_mask(
     *,
     budget: str = "block",
     block_size: int = 128,
+    ties: str = "earlier",
+    rounding: str = "half-up",
 ) -> torch.Tensor:
     """The removal mask of one matrix for the ``block`` or ``matrix`` budget.
 
     ``block`` ranks inside each group of ``block_size`` input columns (all rows together), as
-    the official code does; ``matrix`` ranks across the whole tensor.
+    the official code does; ``matrix`` ranks across the whole tensor (row-major order decides
+    ties). ``ties`` and ``rounding``: see :data:`TIES`, :func:`removal_count`.
     """
     check_fraction(fraction)
     if scores.shape != candidates.shape:
@@ -110,9 +162,9 @@ def top_fraction_mask(
         )
     if budget == "matrix" or scores.ndim < 2:
         flat_scores, flat_cand = scores.reshape(1, -1), candidates.reshape(1, -1)
-        count = removal_count(fraction, int(flat_cand.sum()))
+        count = removal_count(fraction, int(flat_cand.sum()), rounding=rounding)
         counts = torch.tensor([count], device=scores.device)
-        return _top_in_rows(flat_scores, flat_cand, counts).reshape(scores.shape)
+        return _top_in_rows(flat_scores, flat_cand, counts, ties).reshape(scores.shape)
     if budget != "block":
         raise RealignError(f"budget {budget!r} is not per-matrix; use block or matrix here")
     rows, cols = scores.shape
@@ -128,8 +180,8 @@ def top_fraction_mask(
         unit_cand = candidates[:, start:end].reshape(rows, units, width).transpose(0, 1)
         unit_scores = unit_scores.reshape(units, -1)
         unit_cand = unit_cand.reshape(units, -1)
-        counts = torch.floor(fraction * unit_cand.sum(dim=1).double() + 0.5).long()
-        chosen = _top_in_rows(unit_scores, unit_cand, counts)
+        counts = _removal_counts(fraction, unit_cand.sum(dim=1), rounding)
+        chosen = _top_in_rows(unit_scores, unit_cand, counts, ties)
         mask[:, start:end] = chosen.reshape(units, rows, width).transpose(0, 1).reshape(rows, -1)
     return mask
 

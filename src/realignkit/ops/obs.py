@@ -1,4 +1,4 @@
-"""Optimal-Brain-Surgeon recalibration with a fixed removal mask (the SparseGPT sweep).
+"""Optimal-Brain-Surgeon recalibration: the SparseGPT sweep, with a fixed or per-block mask.
 
 Problem: a linear layer ``y = W x`` has some entries of ``W`` forced to zero (for IRR, ``W`` is
 the fine-tuning delta and zero means "back to the base model"). Move the *other* entries so the
@@ -16,10 +16,19 @@ once to the rest of the matrix ("lazy batch"), which turns most of the work into
 
 Dead inputs (``H_jj = 0``: the feature was never non-zero on the calibration data) carry no
 information: their Hessian row is decoupled (``H_jj = 1``), so removing an entry there changes
-nothing else and retained entries there are left untouched.
+nothing else and retained entries there are left untouched (``zero_dead_columns=True`` sets
+their whole column to 0 before the sweep instead, as SparseGPT and the official IRR code do).
+
+The removal mask is either fixed up front (:func:`obs_recalibrate`) or chosen block by block
+inside the sweep (:func:`obs_recalibrate_adaptive`): a callback sees each block of columns
+*after* the updates caused by the blocks to its left and returns that block's mask. Both run
+the same sweep (:func:`_sweep`), so a callback that returns slices of a fixed mask gives the
+fixed-mask result bit for bit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -58,42 +67,40 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor) -> torch.Tensor:
     return upper
 
 
-def obs_recalibrate(
-    weight: torch.Tensor,
-    hessian: torch.Tensor,
-    remove_mask: torch.Tensor,
-    *,
-    damping: float = 0.01,
-    block_size: int = 128,
-    compute_dtype: torch.dtype = torch.float32,
-    refine_steps: int = 0,
-) -> torch.Tensor:
-    """Zero ``weight[remove_mask]`` and compensate with the other entries (a new tensor).
+BlockChooser = Callable[[int, int, torch.Tensor], torch.Tensor]
+"""``(start, end, block) -> mask``: the removal mask (bool, ``(rows, end - start)``) of columns
+``start:end``, given those columns of the weight as the sweep has updated them so far."""
 
-    ``weight`` is ``(out_features, in_features)`` (the orientation of ``nn.Linear``), ``hessian``
-    is ``(in, in)`` = ``(2/n) Σ x xᵀ`` over the calibration tokens, ``remove_mask`` is a bool
-    tensor shaped like ``weight``. The result has ``compute_dtype``; masked entries are exactly 0.
-    ``refine_steps`` > 0 adds :func:`refine` after the sweep (not in SparseGPT or the paper).
-    """
-    rows, cols = weight.shape
-    if remove_mask.shape != weight.shape:
-        raise RealignError(
-            f"mask shape {tuple(remove_mask.shape)} differs from weight shape {tuple(weight.shape)}"
-        )
+
+def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor) -> None:
+    cols = weight.shape[1]
     if hessian.shape != (cols, cols):
         raise RealignError(
             f"Hessian shape {tuple(hessian.shape)} does not fit a weight with {cols} input columns"
         )
-    work = weight.to(compute_dtype).clone()
-    mask = remove_mask.to(device=work.device, dtype=torch.bool)
-    if not mask.any():
-        return work
-    hess = prepare_hessian(hessian.to(device=work.device, dtype=compute_dtype), damping)
-    upper = upper_cholesky_of_inverse(hess)
 
+
+def _sweep(
+    work: torch.Tensor, upper: torch.Tensor, choose: BlockChooser, block_size: int
+) -> torch.Tensor:
+    """SparseGPT's left-to-right sweep on ``work`` (in place); returns the removal mask.
+
+    For each block of ``block_size`` columns, ``choose`` decides the block's removals from its
+    current values; each removal moves the columns right of it within the block at once and
+    the columns right of the block by one matmul afterwards ("lazy batch").
+    """
+    rows, cols = work.shape
+    mask = torch.zeros(rows, cols, dtype=torch.bool, device=work.device)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
-        block_mask = mask[:, start:end]
+        block_mask = choose(start, end, work[:, start:end])
+        if block_mask.shape != (rows, end - start):
+            raise RealignError(
+                f"block mask shape {tuple(block_mask.shape)} differs from the block "
+                f"({rows}, {end - start})"
+            )
+        block_mask = block_mask.to(device=work.device, dtype=torch.bool)
+        mask[:, start:end] = block_mask
         # One host sync per block: columns without any removal need no work at all.
         active = block_mask.any(dim=0).nonzero().flatten().tolist()
         if not active:
@@ -111,9 +118,84 @@ def obs_recalibrate(
         work[:, start:end] = block
         # Lazy batch: the columns right of this block receive all of its updates at once.
         work[:, end:] -= errors @ upper[start:end, end:]
-    if refine_steps > 0:
-        work = refine(work, weight.to(work), hess, mask, steps=refine_steps)
+    return mask
+
+
+def _prepared(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    damping: float,
+    compute_dtype: torch.dtype,
+    zero_dead_columns: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The working copy of the weight, the damped Hessian and the upper factor of its inverse."""
+    work = weight.to(compute_dtype).clone()
+    raw = hessian.to(device=work.device, dtype=compute_dtype)
+    if zero_dead_columns:
+        work[:, torch.diagonal(raw) == 0] = 0.0
+    hess = prepare_hessian(raw, damping)
+    return work, hess, upper_cholesky_of_inverse(hess)
+
+
+def obs_recalibrate(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    remove_mask: torch.Tensor,
+    *,
+    damping: float = 0.01,
+    block_size: int = 128,
+    compute_dtype: torch.dtype = torch.float32,
+    refine_steps: int = 0,
+    zero_dead_columns: bool = False,
+) -> torch.Tensor:
+    """Zero ``weight[remove_mask]`` and compensate with the other entries (a new tensor).
+
+    ``weight`` is ``(out_features, in_features)`` (the orientation of ``nn.Linear``), ``hessian``
+    is ``(in, in)`` = ``(2/n) Σ x xᵀ`` over the calibration tokens, ``remove_mask`` is a bool
+    tensor shaped like ``weight``. The result has ``compute_dtype``; masked entries are exactly 0.
+    ``refine_steps`` > 0 adds :func:`refine` after the sweep (not in SparseGPT or the paper).
+    ``zero_dead_columns`` sets the columns of dead inputs (``H_jj = 0``) to 0 first.
+    """
+    if remove_mask.shape != weight.shape:
+        raise RealignError(
+            f"mask shape {tuple(remove_mask.shape)} differs from weight shape {tuple(weight.shape)}"
+        )
+    _check_inputs(weight, hessian)
+    mask = remove_mask.to(device=weight.device, dtype=torch.bool)
+    if not mask.any() and not zero_dead_columns:
+        return weight.to(compute_dtype).clone()
+    work, hess, upper = _prepared(weight, hessian, damping, compute_dtype, zero_dead_columns)
+    start_value = work.clone() if refine_steps > 0 else None  # what refinement stays close to
+    mask = mask.to(work.device)
+    _sweep(work, upper, lambda start, end, _block: mask[:, start:end], block_size)
+    if start_value is not None:
+        work = refine(work, start_value, hess, mask, steps=refine_steps)
     return work
+
+
+def obs_recalibrate_adaptive(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    choose: BlockChooser,
+    *,
+    damping: float = 0.01,
+    block_size: int = 128,
+    compute_dtype: torch.dtype = torch.float32,
+    refine_steps: int = 0,
+    zero_dead_columns: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sweep with each block's removals chosen by ``choose`` on the *updated* block.
+
+    Returns the new weight and the removal mask the callback chose. Options as in
+    :func:`obs_recalibrate`; with ``refine_steps`` the refinement keeps the chosen mask.
+    """
+    _check_inputs(weight, hessian)
+    work, hess, upper = _prepared(weight, hessian, damping, compute_dtype, zero_dead_columns)
+    start_value = work.clone() if refine_steps > 0 else None
+    mask = _sweep(work, upper, choose, block_size)
+    if start_value is not None:
+        work = refine(work, start_value, hess, mask, steps=refine_steps)
+    return work, mask
 
 
 def refine(
