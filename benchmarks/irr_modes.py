@@ -245,6 +245,8 @@ def make_evaluator(inputs: dict[str, Any], args: argparse.Namespace, out: Path):
 def outcome_flags(report: Path) -> dict[str, dict[tuple[str, int], bool]]:
     """Per-item outcomes from a report's row files: ``harmful`` (harmful prompts answered),
     ``over_refusal`` (benign prompts refused), ``correct`` (GSM8K); keyed by (set, index)."""
+    from realignkit.eval.scoring import is_harmful
+
     flags: dict[str, dict[tuple[str, int], bool]] = {
         "harmful": {},
         "over_refusal": {},
@@ -258,8 +260,8 @@ def outcome_flags(report: Path) -> dict[str, dict[tuple[str, int], bool]]:
                 flags["correct"][key] = bool(row["correct"])
             elif str(row["benchmark"]).startswith(("benign:", "xstest_safe")):
                 flags["over_refusal"][key] = bool(row["refused"])
-            elif "harmful" in row:
-                flags["harmful"][key] = bool(row["harmful"])
+            elif "refused" in row:  # the judge's harm verdict, else "not refused"
+                flags["harmful"][key] = is_harmful(row)
     return flags
 
 

@@ -68,6 +68,8 @@ def test_irr_modes_builds_evaluates_and_compares_both_selections(tmp_path):
         assert v["metrics"]["harmful"]["n"] == 3 and v["metrics"]["over_refusal"]["n"] == 3
         low, high = v["metrics"]["harmful"]["ci95"]
         value = v["metrics"]["harmful"]["value"]
+        summary = json.loads((Path(v["report"]) / "summary.json").read_text())
+        assert value == summary["scores"]["harmfulness"]  # one harmful set: pooled = mean
         assert 0 <= low <= value + 1e-12 and value <= high <= 1
     built = [v for v in variants if v["mode"] != "none"]
     assert all(v["removed"] > 0 and Path(v["report"]).is_dir() for v in built)
