@@ -44,17 +44,8 @@ fi
 
 python3 -c "import realignkit" 2>/dev/null || python3 -m pip install -q -e . >"$OUT/install.log" 2>&1
 
-# (a) IRR at 7B shapes, both mask selections where the build has them
-for mode in fixed adaptive; do
-  extra=()
-  if python3 benchmarks/bench_irr.py --help 2>/dev/null | grep -q -- "--mask-selection"; then
-    extra=(--mask-selection "$mode")
-  elif [ "$mode" = adaptive ]; then
-    continue
-  fi
-  step "irr-$mode" "${LIMITS[0]}" python3 benchmarks/bench_irr.py "${IRR_ARGS[@]}" "${extra[@]}"
-  [ -n "$TINY" ] || LIMITS[0]=150  # the second mode gets what is left of the budget
-done
+# (a) IRR at 7B shapes: Fisher, then recalibration in both mask selections
+step irr "${LIMITS[0]}" python3 benchmarks/bench_irr.py "${IRR_ARGS[@]}" --modes fixed,adaptive
 
 # (b) the real-model demo on one GPU (stages cached under OUT/demo; a rerun resumes)
 step demo "${LIMITS[1]}" realignkit demo --out "$OUT/demo" "${DEMO_ARGS[@]}"
