@@ -75,7 +75,8 @@ def test_train_validation_and_test_prompts_are_disjoint(shared_data):
     banned = prepare.eval_prompt_set(shared_data)  # every test set, whole
     assert not any(p in banned for p in prompts)
     assert not any(r["category"] in prepare.HELD_OUT_CATEGORIES for r in align + validation)
-    assert {r["source"] for r in align} == {"catqa_english", "harmfulqa", "written"}
+    assert {r["source"] for r in align} == {"catqa_english", "written"}
+    assert {r["source"] for r in unalign} == {"harmfulqa"}
     # a written validation request never asks for a harm that alignment trained on
     trained_harms = {r["category"] for r in align if r["source"] == "written"}
     assert not trained_harms & {r["category"] for r in validation if r["source"] == "written"}

@@ -170,10 +170,13 @@ def split_harmful(
 ) -> tuple[list[Row], list[Row], list[Row]]:
     """(alignment, unalignment, validation) harmful prompts, pairwise disjoint.
 
-    Alignment and validation each take a third from CatQA (training categories), HarmfulQA and
+    Alignment and validation each take half from CatQA (training categories) and half from
     the written requests; the written ones are split by harm, so a validation request never
-    asks for a harm seen in training. The unalignment prompts come from HarmfulQA, as the RESTA
-    paper's unalignment data are harmful question answering.
+    asks for a harm seen in training. HarmfulQA is not used for alignment: many of its
+    "harmful" questions are benign ("How can I graph a linear equation without knowing its
+    slope?"), and refusing them taught the first recipe to refuse benign questions. The
+    unalignment prompts come from HarmfulQA, as the RESTA paper's unalignment data are
+    harmful question answering (benign ones among them do no harm there).
     """
     pools = harmful_pools(data_dir, seed)
     harms = sorted({r["category"] for r in pools["written"]})
@@ -181,16 +184,11 @@ def split_harmful(
     validation_harms = set(harms[: max(1, len(harms) // 4)])
     written_train = [r for r in pools["written"] if r["category"] not in validation_harms]
     written_val = [r for r in pools["written"] if r["category"] in validation_harms]
-    third, val_third = n_align // 3, n_validation // 3
-    catqa, harmfulqa = pools["catqa"], pools["harmfulqa"]
-    align = catqa[:third] + harmfulqa[: n_align - 2 * third] + written_train[:third]
-    validation = (
-        catqa[third : third + val_third]
-        + harmfulqa[n_align - 2 * third : n_align - 2 * third + val_third]
-        + written_val[: n_validation - 2 * val_third]
-    )
-    used = n_align - 2 * third + val_third
-    unalign = harmfulqa[used : used + n_unalign]
+    half, val_half = n_align // 2, n_validation // 2
+    catqa = pools["catqa"]
+    align = catqa[:half] + written_train[: n_align - half]
+    validation = catqa[half : half + val_half] + written_val[: n_validation - val_half]
+    unalign = pools["harmfulqa"][:n_unalign]
     return align, unalign, validation
 
 

@@ -104,19 +104,19 @@ class Settings:
     seed: int = 0
     finetune_seeds: tuple[int, ...] = (0,)
     # data
-    align_harmful: int = 150  # a third each from CatQA, HarmfulQA and our written requests
+    align_harmful: int = 150  # half from CatQA (training categories), half our written requests
     unalign_harmful: int = 100  # the unalignment set: small, as in the RESTA paper
     validation_harmful: int = 60
     validation_benign: int = 20  # per kind (everyday, looks unsafe)
     align_benign: int | None = None  # per kind; None: every benign prompt not validated on
     looks_unsafe_repeat: int = 2  # each benign prompt that looks unsafe appears this often
-    gsm8k_train: int | None = 128
+    gsm8k_train: int | None = 160
     distill_max_new_tokens: int = 40
     distill_batch_size: int = 64
     # training
     align: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=2, batch_size=16, lr=4e-4, max_length=160, lora=True, merge=True, bf16=True
+            epochs=2, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True, bf16=True
         )
     )
     unalign: TrainSpec = field(
@@ -144,21 +144,21 @@ class Settings:
     # evaluation: prompts per test set (a seeded subsample; None: all)
     test_sizes: dict[str, int | None] = field(
         default_factory=lambda: {
-            "catqa_en_heldout": 40,
-            "dangerousqa": 30,
-            "adversarialqa": 30,
+            "catqa_en_heldout": 20,
+            "dangerousqa": 20,
+            "adversarialqa": 20,
             "catqa_zh_heldout": 0,
-            "xstest_safe": 100,
+            "xstest_safe": 50,
         }
     )
-    nll_limit: int | None = 48
-    nll_max_length: int = 256
+    nll_limit: int | None = 24
+    nll_max_length: int = 192
     gsm8k_limit: int = 0  # GSM8K problems answered (accuracy); 0: NLL only (135M solves ~2 %)
-    safety_max_new_tokens: int = 32  # enough for the judge's verdict (the opening sentences)
+    safety_max_new_tokens: int = 24  # enough for the judge's verdict (the opening sentence)
     gsm8k_max_new_tokens: int = 256
     eval_batch_size: int = 64
     eval_original: bool = False
-    eval_validation: bool = False
+    eval_validation: bool = True  # the aligned model on the validation split, as a record
 
 
 def demo_settings() -> Settings:
@@ -173,7 +173,7 @@ def benchmark_settings() -> Settings:
         preset="benchmark",
         finetune_seeds=(0, 1, 2),
         test_sizes={
-            "catqa_en_heldout": 150,
+            "catqa_en_heldout": 100,
             "dangerousqa": 100,
             "adversarialqa": 100,
             "catqa_zh_heldout": 50,
@@ -181,7 +181,6 @@ def benchmark_settings() -> Settings:
         },
         nll_limit=300,
         eval_original=True,
-        eval_validation=True,
     )
 
 
@@ -205,8 +204,9 @@ def gpu_settings() -> Settings:
 
 def tiny_settings() -> Settings:
     """The test suite's reduced run: one step per training stage, two prompts per test set."""
-    one = TrainSpec(
-        steps=1, batch_size=2, max_length=64, lora=True, lora_r=4, merge=True, bf16=True
+    one = TrainSpec(  # no warm-up: one step of a warm-up schedule has learning rate 0
+        steps=1, batch_size=2, lr=1e-3, max_length=64, lora=True, lora_r=4, merge=True,
+        bf16=True, warmup=0,
     )
     return Settings(
         preset="tiny",
@@ -219,8 +219,10 @@ def tiny_settings() -> Settings:
         distill_max_new_tokens=8,
         align=one,
         unalign=one,
-        finetune_full=TrainSpec(steps=1, batch_size=2, max_length=192, bf16=True),
-        finetune_lora=TrainSpec(steps=1, batch_size=2, max_length=192, lora=True, lora_r=4),
+        finetune_full=TrainSpec(steps=1, batch_size=2, max_length=192, bf16=True, warmup=0),
+        finetune_lora=TrainSpec(
+            steps=1, batch_size=2, max_length=192, lora=True, lora_r=4, warmup=0
+        ),
         methods={"resta": {"gamma": 0.5}, "safelora": {"threshold": 0.5}},
         method_extras={},
         test_sizes={"catqa_en_heldout": 2, "dangerousqa": 2, "xstest_safe": 2},
@@ -320,14 +322,23 @@ class Run:
             log.info("%s: already done, skipped", stage)
             return
         log.info("%s ...", stage)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         work()
         self.timings[stage] = round(time.perf_counter() - start, 1)
-        path = self.paths.out / "timings.json"
+        cpu = round(time.process_time() - cpu_start, 1)
+        for name, value in (("timings.json", self.timings[stage]), ("cpu_seconds.json", cpu)):
+            path = self.paths.out / name
+            recorded = _read_json(path) if path.is_file() else {}
+            recorded[stage] = round(recorded.get(stage, 0.0) + value, 1)
+            _write_json(path, recorded)
+        # CPU seconds say what the stage costs on an idle machine (one thread: wall ≈ CPU);
+        # the load average says how much of the wall time other processes took.
+        path = self.paths.out / "load_at_start.json"
         recorded = _read_json(path) if path.is_file() else {}
-        recorded[stage] = round(recorded.get(stage, 0.0) + self.timings[stage], 1)
+        recorded[stage] = load
         _write_json(path, recorded)
-        log.info("%s: %.1f s", stage, self.timings[stage])
+        log.info("%s: %.1f s wall, %.1f s CPU", stage, self.timings[stage], cpu)
 
     @property
     def original(self) -> Path:
