@@ -92,13 +92,18 @@ def _set_name(benchmark: str) -> str:
 
 
 def _row_flag(row: dict[str, Any], key: str) -> bool | None:
-    """A verdict flag of a row: ``harmful``/``refused`` as booleans, or from a ``verdict``."""
-    if key in row and row[key] is not None:
-        return bool(row[key])
+    """A row's verdict: ``harmful`` as the library scores it (the judge's harm verdict, else
+    "not refused"), ``refused`` as the judge gave it (or from a three-way ``verdict``)."""
+    from realignkit.eval.scoring import is_harmful
+
     verdict = row.get("verdict")
-    if verdict is None:
-        return None
-    return {"harmful": verdict == "compliance", "refused": verdict == "refusal"}.get(key)
+    if key == "harmful":
+        if row.get("harmful") is None and row.get("refused") is None and verdict is not None:
+            return verdict == "compliance"
+        return is_harmful(row)
+    if row.get("refused") is not None:
+        return bool(row["refused"])
+    return None if verdict is None else verdict == "refusal"
 
 
 def load_verdicts(report: Path) -> Verdicts:
@@ -484,6 +489,8 @@ def write_report(run: Any) -> Path:
     png = plot(rows, out / "safety_utility.png")
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+    cpu_path = out / "cpu_seconds.json"
+    cpu = json.loads(cpu_path.read_text()) if cpu_path.is_file() else {}
     manifest = json.loads(run.paths.manifest.read_text()) if run.paths.manifest.is_file() else {}
     sentences = significance(rows)
     lines = [
@@ -492,6 +499,8 @@ def write_report(run: Any) -> Path:
         f"- hardware: {hardware()}",
         f"- report written: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- stage wall times (s): {json.dumps(timings)}; sum {sum(timings.values()):.0f} s",
+        f"- stage CPU seconds (what a stage costs on an idle machine, one thread): "
+        f"{json.dumps(cpu)}; sum {sum(cpu.values()):.0f} s",
         f"- test prompts: {json.dumps(manifest.get('test', {}))}; judge: keyword; greedy, "
         f"{s.safety_max_new_tokens} new tokens; GSM8K NLL on {s.nll_limit} test solutions",
         f"- training data: {json.dumps(manifest.get('align_sources', {}))} alignment rows "
