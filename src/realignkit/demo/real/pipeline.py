@@ -205,8 +205,15 @@ def gpu_settings() -> Settings:
 def tiny_settings() -> Settings:
     """The test suite's reduced run: one step per training stage, two prompts per test set."""
     one = TrainSpec(  # no warm-up: one step of a warm-up schedule has learning rate 0
-        steps=1, batch_size=2, lr=1e-3, max_length=64, lora=True, lora_r=4, merge=True,
-        bf16=True, warmup=0,
+        steps=1,
+        batch_size=2,
+        lr=1e-3,
+        max_length=64,
+        lora=True,
+        lora_r=4,
+        merge=True,
+        bf16=True,
+        warmup=0,
     )
     return Settings(
         preset="tiny",
