@@ -15,7 +15,7 @@ from realignkit.methods.registry import load_all
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    main(["demo", "--fast", "--out", str(out)])
+    main(["demo", "--world", "toy", "--fast", "--out", str(out)])
     return out
 
 
@@ -56,12 +56,16 @@ def test_pipeline_writes_every_checkpoint_result_and_plot(demo_out):
 
 def test_rerun_reuses_stages_and_other_settings_are_refused(demo_out, capsys):
     before = (demo_out / "seed-0" / "checkpoints" / "aligned" / "model.safetensors").stat()
-    main(["demo", "--fast", "--out", str(demo_out), "--methods", "resta"])  # resumes
+    main(
+        ["demo", "--world", "toy", "--fast", "--out", str(demo_out), "--methods", "resta"]
+    )  # resumes
     after = (demo_out / "seed-0" / "checkpoints" / "aligned" / "model.safetensors").stat()
     assert before.st_mtime_ns == after.st_mtime_ns
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--out", str(demo_out)])  # the default size differs from --fast
+        main(
+            ["demo", "--world", "toy", "--out", str(demo_out)]
+        )  # the default size differs from --fast
     assert exit_info.value.code == 2
     assert "--overwrite" in capsys.readouterr().err
 
@@ -69,7 +73,7 @@ def test_rerun_reuses_stages_and_other_settings_are_refused(demo_out, capsys):
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
     save_tiny_model("llama", tmp_path / "model")
     with pytest.raises(SystemExit):
-        main(["demo", "--fast", "--out", str(tmp_path / "model")])
+        main(["demo", "--world", "toy", "--fast", "--out", str(tmp_path / "model")])
     assert "not a demo folder" in capsys.readouterr().err
     assert (tmp_path / "model" / "config.json").exists()
 

@@ -107,6 +107,42 @@ def test_freeze_embeddings_keeps_them_fixed(llama_dir, tmp_path):
     )
 
 
+def test_train_last_layers_changes_only_the_last_blocks(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(
+        lora=False,
+        max_steps=3,
+        lr=1e-2,
+        batch_size=2,
+        train_last_layers=1,
+        bf16=True,
+        group_by_length=True,
+    )
+    out = finetune(llama_dir, ROWS, tmp_path / "ft", config)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    last = len(model.model.layers) - 1
+    for i, (mine, theirs) in enumerate(zip(model.model.layers, base.model.layers, strict=True)):
+        same = torch.equal(mine.mlp.up_proj.weight, theirs.mlp.up_proj.weight)
+        assert same == (i != last), i
+    assert torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+
+
+def test_merged_lora_writes_a_full_model_that_differs_in_every_block(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(
+        lora=True, lora_r=4, max_steps=2, lr=1e-2, batch_size=2, warmup=0, merge_lora=True
+    )
+    out = finetune(llama_dir, ROWS, tmp_path / "ft", config)
+    assert (out / "config.json").exists() and not (out / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    for mine, theirs in zip(model.model.layers, base.model.layers, strict=True):
+        assert not torch.equal(mine.self_attn.q_proj.weight, theirs.self_attn.q_proj.weight)
+
+
 def test_lora_adapter_on_gpt2_conv1d(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -72,6 +72,18 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     freeze_embeddings: bool = False
     """Full fine-tuning: keep the input embeddings and the LM head fixed (train the blocks)."""
+    train_last_layers: int | None = None
+    """Full fine-tuning: train only the last N decoder blocks (embeddings, LM head and the
+    earlier blocks frozen). A CPU fast path: the backward pass stops at the first trained
+    block, so N = 8 of 30 blocks costs about a third of a full fine-tune step."""
+    bf16: bool | None = None
+    """bf16 autocast (fp32 master weights). None: on a bf16 GPU only; True: on CPUs too
+    (about 1.3-2x faster than fp32 on CPUs with AVX512-BF16)."""
+    group_by_length: bool = False
+    """Batch rows of similar length together (less padding; the order is still seeded)."""
+    merge_lora: bool = False
+    """LoRA: write the full model with the adapter merged into its weights (a cheap way to
+    update every layer when a full model is wanted), instead of the adapter."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -238,9 +250,23 @@ def _lora_model(model: Any, config: TrainConfig) -> Any:
         raise RealignError(f"LoRA target modules {targets!r}: {str(err).splitlines()[0]}") from err
 
 
+def _train_only_last_blocks(model: Any, count: int) -> None:
+    """Freeze every parameter but those of the last ``count`` decoder blocks."""
+    from realignkit.calib.blocks import find_decoder_blocks
+
+    _, blocks = find_decoder_blocks(model)
+    if not 1 <= count <= len(blocks):
+        raise RealignError(f"--train-last-layers must be in 1..{len(blocks)}, got {count}")
+    model.requires_grad_(False)
+    for block in blocks[len(blocks) - count :]:
+        block.requires_grad_(True)
+
+
 def _train_dtype(config: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
     """(dtype of the loaded weights, bf16 autocast?) for this device and mode."""
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if config.bf16 is not None:
+        bf16 = config.bf16
     chosen = parse_dtype(config.dtype)
     if chosen is not None:
         return chosen, bf16
@@ -291,6 +317,8 @@ def finetune(
     lm = load_causal_lm(model, dtype=load_dtype, device=device)
     if config.lora:
         lm = _lora_model(lm, config)
+    elif config.train_last_layers is not None:
+        _train_only_last_blocks(lm, config.train_last_layers)
     elif config.freeze_embeddings:
         for module in (lm.get_input_embeddings(), lm.get_output_embeddings()):
             if module is not None:
@@ -322,6 +350,7 @@ def finetune(
             use_cpu=device.type == "cpu",
             dataloader_num_workers=0,
             remove_unused_columns=False,
+            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             disable_tqdm=False,
         )
         trainer = Trainer(
@@ -366,7 +395,10 @@ def finetune(
     if trainer.is_world_process_zero():
         lm = lm.to("cpu")
         with CheckpointWriter(out, overwrite=overwrite) as writer:
-            if config.lora:
+            if config.lora and config.merge_lora:
+                # a DDP replica holds the whole trained adapter: merge it on the main process
+                lm.merge_and_unload().to(save_dtype).save_pretrained(writer.path)
+            elif config.lora:
                 lm.save_pretrained(writer.path, state_dict=state_dict)
             else:
                 if state_dict is not None:

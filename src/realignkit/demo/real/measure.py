@@ -30,15 +30,20 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 
+NLL = "gsm8k_nll"
+"""The pseudo-benchmark of the GSM8K reference-solution NLL (computed here, not by ``evaluate``);
+its summary score ``utility`` is −NLL (higher is better), so `realignkit sweep` can rank it."""
+
+
 @dataclass
 class EvalPlan:
     """What every model is asked; these are the keyword arguments of :func:`evaluate_model`."""
 
     safety: list[str]  # benchmark specs: harmful sets and xstest_safe
-    utility: list[str] = field(default_factory=lambda: ["gsm8k"])
-    safety_limit: int | None = None  # prompts per safety benchmark (fixed-seed subset)
+    utility: list[str] = field(default_factory=lambda: [NLL])  # + "gsm8k": accuracy too
     gsm8k_limit: int | None = None  # GSM8K test problems answered (accuracy)
-    nll_limit: int | None = None  # GSM8K test solutions scored (NLL)
+    nll_limit: int | None = None  # GSM8K test solutions scored (NLL); 0: no NLL
+    nll_max_length: int = 512  # tokens of prompt + solution kept for the NLL
     safety_max_new_tokens: int = 256
     gsm8k_max_new_tokens: int = 256
     batch_size: int = 16
@@ -82,7 +87,7 @@ def gsm8k_nll(
     encoded = [
         encode_chat(tokenizer, r["prompt"], r["response"], max_length=max_length) for r in rows
     ]
-    per_problem: list[float] = []
+    per_problem: list[float] = []  # kept in the report: paired bootstrap of NLL differences
     total_loss = total_tokens = 0.0
     with torch.inference_mode():
         for start in tqdm(range(0, len(encoded), batch_size), desc="gsm8k nll", leave=False):
@@ -114,17 +119,22 @@ def gsm8k_nll(
         "mean_nll": mean,
         "token_mean_nll": total_loss / total_tokens if total_tokens else math.nan,
         "tokens": int(total_tokens),
+        "per_problem": [round(v, 5) for v in per_problem],
     }
 
 
 def _nll_rows(plan: EvalPlan) -> list[dict[str, str]]:
-    from real_world.prepare import gsm8k_rows
+    from realignkit.demo.real.data import gsm8k_rows
 
     return gsm8k_rows(Path(plan.data_dir) / "gsm8k" / "test.jsonl", plan.nll_limit, plan.seed)
 
 
 def merge_summaries(
-    name: str, model: str, adapter: str | None, parts: list[dict[str, Any]], nll: dict[str, Any]
+    name: str,
+    model: str,
+    adapter: str | None,
+    parts: list[dict[str, Any]],
+    nll: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """One realignkit-style summary from the partial ones, benchmarks under short names."""
     from realignkit.eval.scoring import overall_scores
@@ -137,8 +147,11 @@ def merge_summaries(
         for spec, source in part.get("sources", {}).items():
             sources[short_name(spec)] = source
     scores = overall_scores(metrics)
-    metrics["gsm8k_nll"] = nll
-    scores["gsm8k_nll"] = nll["mean_nll"]
+    if nll is not None:
+        metrics[NLL] = nll
+        scores[NLL] = nll["mean_nll"]
+        if scores.get("utility") is None:
+            scores["utility"] = -nll["mean_nll"]
     return {
         "name": name,
         "model": model,
@@ -165,9 +178,9 @@ def evaluate_model(
     cache_dir: PathLike | None = None,
     safety: list[str],
     utility: list[str] | None = None,
-    safety_limit: int | None = None,
     gsm8k_limit: int | None = None,
     nll_limit: int | None = None,
+    nll_max_length: int = 512,
     safety_max_new_tokens: int = 256,
     gsm8k_max_new_tokens: int = 256,
     batch_size: int = 16,
@@ -184,10 +197,10 @@ def evaluate_model(
 
     plan = EvalPlan(
         safety=list(safety),
-        utility=list(utility or ["gsm8k"]),
-        safety_limit=safety_limit,
+        utility=list(utility or [NLL]),
         gsm8k_limit=gsm8k_limit,
         nll_limit=nll_limit,
+        nll_max_length=nll_max_length,
         safety_max_new_tokens=safety_max_new_tokens,
         gsm8k_max_new_tokens=gsm8k_max_new_tokens,
         batch_size=batch_size,
@@ -216,28 +229,35 @@ def evaluate_model(
             str(model),
             safety=plan.safety,
             out_dir=out / "safety",
-            limit=safety_limit,
             max_new_tokens=safety_max_new_tokens,
             **common,
-        ),
-        evaluate(
-            str(model),
-            utility=plan.utility,
-            out_dir=out / "utility",
-            limit=gsm8k_limit,
-            max_new_tokens=gsm8k_max_new_tokens,
-            **common,
-        ),
+        )
     ]
-    nll = gsm8k_nll(model, adapter, _nll_rows(plan))
+    accuracy = [spec for spec in plan.utility if spec != NLL]
+    if accuracy:
+        parts.append(
+            evaluate(
+                str(model),
+                utility=accuracy,
+                out_dir=out / "utility",
+                limit=gsm8k_limit,
+                max_new_tokens=gsm8k_max_new_tokens,
+                **common,
+            )
+        )
+    nll = (
+        gsm8k_nll(model, adapter, _nll_rows(plan), max_length=nll_max_length)
+        if NLL in plan.utility and nll_limit != 0
+        else None
+    )
     summary = merge_summaries(name, str(model), str(adapter) if adapter else None, parts, nll)
     summary["plan_key"] = plan.key()
     write_summary(out, summary)
     log.info(
-        "%s: harmfulness %.3f, over-refusal %.3f, GSM8K NLL %.3f",
+        "%s: harmfulness %s, over-refusal %s, GSM8K NLL %s",
         name,
-        summary["scores"]["harmfulness"],
-        summary["scores"]["over_refusal"] or 0.0,
-        nll["mean_nll"],
+        summary["scores"].get("harmfulness"),
+        summary["scores"].get("over_refusal"),
+        nll["mean_nll"] if nll else None,
     )
     return summary

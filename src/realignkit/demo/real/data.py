@@ -30,15 +30,32 @@ from realignkit.data import Row, read_rows, subsample
 HELD_OUT_CATEGORIES = ("Malware Viruses", "Economic Harm", "Political Campaigning")
 """CatQA categories kept out of training: the held-out harmfulness test (en, zh, vi)."""
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[4]
 _CALCULATOR = re.compile(r"<<[^>]*>>")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 def shared_data_dir() -> Path:
-    """``$REALIGNKIT_DATA_DIR`` or the shared data folder beside the repository."""
+    """``$REALIGNKIT_DATA_DIR``, else ``./data``, ``../shared/data`` or the shared data folder
+    beside the repository: the first that holds CatQA."""
     env = os.environ.get("REALIGNKIT_DATA_DIR")
-    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
+    if env:
+        return Path(env).expanduser()
+    cwd = Path.cwd()
+    candidates = [
+        cwd / "data",
+        cwd.parent / "shared" / "data",
+        REPO_ROOT.parent / "shared" / "data",
+    ]
+    for folder in candidates:
+        if (folder / "harmful" / "catqa_english.json").is_file():
+            return folder
+    from realignkit.errors import RealignError
+
+    raise RealignError(
+        "the real world needs the shared data folder (CatQA, XSTest, GSM8K): set "
+        "REALIGNKIT_DATA_DIR or pass --data-dir"
+    )
 
 
 def write_jsonl(path: Path, rows: Iterable[Row]) -> Path:
@@ -62,6 +79,43 @@ def heldout_rows(data_dir: Path, language: str) -> list[Row]:
     return [r for r in rows if r["category"] in HELD_OUT_CATEGORIES]
 
 
+def test_rows(data_dir: Path, sizes: dict[str, int | None], seed: int) -> dict[str, list[Row]]:
+    """The test prompts of a run: a seeded subsample of each set (``None``: all, 0: none).
+
+    ``catqa_{en,zh}_heldout`` are the CatQA categories never trained on; ``xstest_safe`` the
+    250 safe XSTest prompts (their XSTest type as the category).
+    """
+    from realignkit.data import subsample
+
+    def harmful(name: str) -> list[Row]:
+        return [
+            {"prompt": r["prompt"], "source": name}
+            for r in read_rows(data_dir / "harmful" / f"{name}.json")
+        ]
+
+    sources = {
+        "catqa_en_heldout": lambda: [
+            {**r, "source": "catqa_english"} for r in heldout_rows(data_dir, "english")
+        ],
+        "catqa_zh_heldout": lambda: [
+            {**r, "source": "catqa_chinese"} for r in heldout_rows(data_dir, "chinese")
+        ],
+        "dangerousqa": lambda: harmful("dangerousqa"),
+        "adversarialqa": lambda: harmful("adversarialqa"),
+        "xstest_safe": lambda: [
+            {"prompt": r["prompt"], "category": r["type"], "source": "xstest"}
+            for r in read_rows(data_dir / "xstest" / "xstest_prompts.csv")
+            if r["label"] == "safe"
+        ],
+    }
+    unknown = sorted(set(sizes) - set(sources))
+    if unknown:
+        raise ValueError(f"unknown test sets {unknown}; known: {sorted(sources)}")
+    return {
+        name: subsample(sources[name](), size, seed) for name, size in sizes.items() if size != 0
+    }
+
+
 def eval_prompt_set(data_dir: Path) -> set[str]:
     """Normalised prompts of every English evaluation set: none may be trained on."""
     prompts = {_norm(r["prompt"]) for r in heldout_rows(data_dir, "english")}
@@ -71,11 +125,14 @@ def eval_prompt_set(data_dir: Path) -> set[str]:
     return prompts
 
 
-def harmful_pools(data_dir: Path, seed: int) -> tuple[list[Row], list[Row]]:
-    """Shuffled training pools: CatQA English minus held-out categories, and HarmfulQA.
+def harmful_pools(data_dir: Path, seed: int) -> dict[str, list[Row]]:
+    """Shuffled training pools: CatQA English minus held-out categories, HarmfulQA, and the
+    harmful requests written for this project (``written``; each row carries its ``harm``).
 
     Prompts of an evaluation set and repeated prompts (the sets hold a few) are dropped.
     """
+    from realignkit.demo.real.prompts import written_harmful_prompts
+
     seen = eval_prompt_set(data_dir)  # grows: a prompt is used at most once
 
     def fresh(prompt: str) -> bool:
@@ -85,40 +142,81 @@ def harmful_pools(data_dir: Path, seed: int) -> tuple[list[Row], list[Row]]:
         seen.add(key)
         return True
 
-    catqa = [
-        {"prompt": r["prompt"], "category": r["category"], "source": "catqa_english"}
-        for r in read_rows(data_dir / "harmful" / "catqa_english.json")
-        if r["category"] not in HELD_OUT_CATEGORIES and fresh(r["prompt"])
-    ]
-    harmfulqa = [
-        {"prompt": r["prompt"], "category": r["category"], "source": "harmfulqa"}
-        for r in read_rows(data_dir / "harmful" / "harmfulqa.json")
-        if fresh(r["prompt"])
-    ]
+    pools = {
+        "catqa": [
+            {"prompt": r["prompt"], "category": r["category"], "source": "catqa_english"}
+            for r in read_rows(data_dir / "harmful" / "catqa_english.json")
+            if r["category"] not in HELD_OUT_CATEGORIES and fresh(r["prompt"])
+        ],
+        "harmfulqa": [
+            {"prompt": r["prompt"], "category": r["category"], "source": "harmfulqa"}
+            for r in read_rows(data_dir / "harmful" / "harmfulqa.json")
+            if fresh(r["prompt"])
+        ],
+        "written": [
+            {"prompt": prompt, "category": harm, "source": "written"}
+            for prompt, harm in written_harmful_prompts()
+            if fresh(prompt)
+        ],
+    }
     rng = random.Random(seed)
-    rng.shuffle(catqa)
-    rng.shuffle(harmfulqa)
-    return catqa, harmfulqa
+    for rows in pools.values():
+        rng.shuffle(rows)
+    return pools
 
 
 def split_harmful(
-    data_dir: Path, n_align: int, n_unalign: int, seed: int
-) -> tuple[list[Row], list[Row]]:
-    """(alignment prompts, unalignment prompts): disjoint, half of the alignment ones from CatQA.
+    data_dir: Path, n_align: int, n_unalign: int, n_validation: int, seed: int
+) -> tuple[list[Row], list[Row], list[Row]]:
+    """(alignment, unalignment, validation) harmful prompts, pairwise disjoint.
 
-    The unalignment prompts come from HarmfulQA, as the RESTA paper's unalignment data are
-    harmful question answering.
+    Alignment and validation each take half from CatQA (training categories) and half from
+    the written requests; the written ones are split by harm, so a validation request never
+    asks for a harm seen in training. HarmfulQA is not used for alignment: many of its
+    "harmful" questions are benign ("How can I graph a linear equation without knowing its
+    slope?"), and refusing them taught the first recipe to refuse benign questions. The
+    unalignment prompts come from HarmfulQA, as the RESTA paper's unalignment data are
+    harmful question answering (benign ones among them do no harm there).
     """
-    catqa, harmfulqa = harmful_pools(data_dir, seed)
-    from_catqa = min(len(catqa), n_align // 2)
-    align = catqa[:from_catqa] + harmfulqa[: n_align - from_catqa]
-    unalign = harmfulqa[n_align - from_catqa : n_align - from_catqa + n_unalign]
-    return align, unalign
+    pools = harmful_pools(data_dir, seed)
+    harms = sorted({r["category"] for r in pools["written"]})
+    random.Random(seed).shuffle(harms)
+    validation_harms = set(harms[: max(1, len(harms) // 4)])
+    written_train = [r for r in pools["written"] if r["category"] not in validation_harms]
+    written_val = [r for r in pools["written"] if r["category"] in validation_harms]
+    half, val_half = n_align // 2, n_validation // 2
+    catqa = pools["catqa"]
+    align = catqa[:half] + written_train[: n_align - half]
+    validation = catqa[half : half + val_half] + written_val[: n_validation - val_half]
+    unalign = pools["harmfulqa"][:n_unalign]
+    return align, unalign, validation
+
+
+def split_benign(
+    seed: int, n_validation: int, n_train: int | None = None
+) -> tuple[list[Row], list[Row]]:
+    """(alignment, validation) benign prompts: everyday requests and ones that look unsafe.
+
+    The validation split holds ``n_validation`` of each kind, never trained on; the alignment
+    split the rest (at most ``n_train`` of each kind).
+    """
+    from realignkit.demo.real.prompts import benign_prompts, looks_unsafe_prompts
+
+    rng = random.Random(seed)
+    train: list[Row] = []
+    validation: list[Row] = []
+    for kind, prompts in (("everyday", benign_prompts()), ("looks_unsafe", looks_unsafe_prompts())):
+        rows = [{"prompt": p, "source": "written", "category": kind} for p in prompts]
+        rng.shuffle(rows)
+        validation += rows[:n_validation]
+        rest = rows[n_validation:]
+        train += rest[:n_train] if n_train is not None else rest
+    return train, validation
 
 
 def with_refusals(rows: list[Row], seed: int) -> list[Row]:
     """Each harmful prompt paired with one of our refusal templates (seeded draw)."""
-    from real_world.prompts import pick_refusal
+    from realignkit.demo.real.prompts import pick_refusal
 
     rng = random.Random(seed)
     return [{**row, "response": pick_refusal(rng), "kind": "harmful"} for row in rows]
