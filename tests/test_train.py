@@ -55,6 +55,47 @@ def test_encode_pair_masks_the_prompt_and_learns_the_stop():
     assert len(short_ids) == 4 and all(label == -100 for label in short_labels)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_response_loss_equals_the_models_own_loss_and_gradients(arch):
+    """Logits only where a response token is predicted: the same loss, the same gradients."""
+    from tiny import build_tiny_model
+
+    from realignkit.train.finetune import response_loss
+
+    tokenizer = make_tokenizer()
+    rows = [encode_pair(tokenizer, r["prompt"], r["response"], max_length=64) for r in ROWS]
+    encoded = [{"input_ids": ids, "labels": labels} for ids, labels in rows]
+    batch = pad_batch_rows(encoded, tokenizer.pad_token_id)
+    model = build_tiny_model(arch)  # eval mode: no dropout, both passes see the same model
+    own = model(**batch).loss
+    own.backward()
+    own_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    mine, _ = response_loss(model, batch)
+    mine.backward()
+    assert torch.allclose(mine, own, atol=1e-6)
+    for a, b in zip(own_grads, (p.grad for p in model.parameters()), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    # Counted across accumulation steps by the Trainer: the sum over that count.
+    count = (batch["labels"][:, 1:] != -100).sum() * 2
+    halved, _ = response_loss(model, batch, count)
+    assert torch.allclose(halved, own.detach() / 2, atol=1e-6)
+
+
+def pad_batch_rows(rows, pad_id):
+    """Right-padded input ids, attention mask and labels (-100 on padding)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), -100)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.tensor(r["input_ids"])
+        mask[i, :n] = 1
+        labels[i, :n] = torch.tensor(r["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
 def test_full_finetune_learns_and_writes_a_model_folder(llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -193,20 +193,29 @@ def split_harmful(
 
 
 def split_benign(
-    seed: int, n_validation: int, n_train: int | None = None
+    seed: int,
+    n_validation: int,
+    n_train: int | None = None,
+    data_dir: Path | None = None,
 ) -> tuple[list[Row], list[Row]]:
     """(alignment, validation) benign prompts: everyday requests and ones that look unsafe.
 
     The validation split holds ``n_validation`` of each kind, never trained on; the alignment
-    split the rest (at most ``n_train`` of each kind).
+    split the rest (at most ``n_train`` of each kind). With ``data_dir``, a written prompt that
+    happens to be an evaluation prompt too (XSTest's wording is everyday English) is dropped.
     """
     from realignkit.demo.real.prompts import benign_prompts, looks_unsafe_prompts
 
+    banned = eval_prompt_set(data_dir) if data_dir is not None else set()
     rng = random.Random(seed)
     train: list[Row] = []
     validation: list[Row] = []
     for kind, prompts in (("everyday", benign_prompts()), ("looks_unsafe", looks_unsafe_prompts())):
-        rows = [{"prompt": p, "source": "written", "category": kind} for p in prompts]
+        rows = [
+            {"prompt": p, "source": "written", "category": kind}
+            for p in prompts
+            if _norm(p) not in banned
+        ]
         rng.shuffle(rows)
         validation += rows[:n_validation]
         rest = rows[n_validation:]

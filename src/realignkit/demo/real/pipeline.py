@@ -72,7 +72,7 @@ class TrainSpec:
     lora_r: int = 16
     warmup: float = 0.1  # share of the steps (below 1) or a number of steps
     train_last_layers: int | None = None  # full fine-tune of the last N blocks only
-    bf16: bool | None = None  # bf16 autocast; None: on a bf16 GPU only
+    bf16: bool | None = None  # bf16 autocast; None: where the hardware has bf16 (fast)
     merge: bool = False  # LoRA merged into a full model (every layer changed, cheaply)
 
     def config(self, seed: int) -> Any:
@@ -116,22 +116,20 @@ class Settings:
     # training
     align: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=2, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True, bf16=True
+            epochs=2, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True
         )
     )
     unalign: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=2, batch_size=16, lr=4e-4, max_length=160, lora=True, merge=True, bf16=True
+            epochs=2, batch_size=16, lr=4e-4, max_length=160, lora=True, merge=True
         )
     )
     finetune_full: TrainSpec = field(
-        default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=8, lr=5e-5, max_length=256, bf16=True
-        )
+        default_factory=lambda: TrainSpec(epochs=1, batch_size=8, lr=5e-5, max_length=256)
     )
     finetune_lora: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=8, lr=5e-4, max_length=256, lora=True, bf16=True
+            epochs=1, batch_size=8, lr=5e-4, max_length=256, lora=True
         )
     )
     finetunes: tuple[str, ...] = ("full", "lora")
@@ -345,6 +343,13 @@ class Run:
         recorded = _read_json(path) if path.is_file() else {}
         recorded[stage] = load
         _write_json(path, recorded)
+        # The process's peak so far: the stage where it jumps is the one that needs the memory.
+        from realignkit.demo.real import peak_rss_gb
+
+        path = self.paths.out / "peak_rss_gb.json"
+        recorded = _read_json(path) if path.is_file() else {}
+        recorded[stage] = round(peak_rss_gb(), 2)
+        _write_json(path, recorded)
         log.info("%s: %.1f s wall, %.1f s CPU", stage, self.timings[stage], cpu)
 
     @property
@@ -412,7 +417,7 @@ class Run:
         align_prompts, unalign_prompts, val_harmful = prepare.split_harmful(
             d, s.align_harmful, s.unalign_harmful, s.validation_harmful, s.seed
         )
-        benign, val_benign = prepare.split_benign(s.seed, s.validation_benign, s.align_benign)
+        benign, val_benign = prepare.split_benign(s.seed, s.validation_benign, s.align_benign, d)
         prepare.write_jsonl(self.paths.data("validation/harmful.jsonl"), val_harmful)
         prepare.write_jsonl(self.paths.data("validation/benign.jsonl"), val_benign)
         refusals = prepare.with_refusals(align_prompts, s.seed)
