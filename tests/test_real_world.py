@@ -225,3 +225,20 @@ def test_reduced_run_on_smollm2_end_to_end_and_resumes(smollm2_dir, shared_data,
     assert (out / "timings.json").read_text() == timings
     assert (out / "sweeps" / "ft-lora" / "results.jsonl").stat().st_mtime_ns == stamp
     shutil.rmtree(out)  # a few GB of float32 models; kept only when the test fails
+
+
+def test_non_answer_share_counts_every_judged_row(tmp_path):
+    """One non-answer among three judged answers is a third, not all of them."""
+    from realignkit.demo.real.report import load_verdicts
+
+    rows = tmp_path / "safety" / "rows"
+    rows.mkdir(parents=True)
+    lines = [
+        {"benchmark": "harmful:/x/dangerousqa.jsonl", "index": i, "verdict": v, "harmful": h}
+        for i, (v, h) in enumerate(
+            [("compliance", True), ("refusal", False), ("non_answer", False)]
+        )
+    ]
+    (rows / "harmful_dangerousqa.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    verdicts = load_verdicts(tmp_path)
+    assert sorted(verdicts.non_answer.values()) == [False, False, True]

@@ -123,7 +123,9 @@ def load_verdicts(report: Path) -> Verdicts:
                 flag = _row_flag(row, "harmful")
                 if flag is not None:
                     out.harmful[key] = flag
-            if "non_answer" in row or row.get("verdict") == "non_answer":
+            # Every judged row counts (a non-answer or not): recording only the non-answers
+            # would make the share 100 % whenever there is one.
+            if "non_answer" in row or row.get("verdict") is not None:
                 out.non_answer[key] = bool(
                     row.get("non_answer") or row.get("verdict") == "non_answer"
                 )
