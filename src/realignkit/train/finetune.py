@@ -338,7 +338,7 @@ def finetune(
         # meets meta tensors in the backward pass (also for a frozen LoRA base).
         raise RealignError(
             f"training cannot use weights offloaded to disk (module {offloaded[0]!r}): give "
-            "--max-memory more GPU or CPU memory, or a device map without \"disk\""
+            '--max-memory more GPU or CPU memory, or a device map without "disk"'
         )
     if config.lora:
         lm = _lora_model(lm, config)
