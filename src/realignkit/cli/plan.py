@@ -62,7 +62,8 @@ def plan_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Bytes read and written, peak host and device memory per stage, and whether it fits
-    --max-memory: from config.json and the safetensors headers alone (nothing is loaded)."""
+    --max-memory: from config.json and the safetensors headers alone (nothing is loaded).
+    Exit 3 when a stage does not fit the given --max-memory."""
     from realignkit.plan import plan_command
 
     plan = plan_command(command, parse_options(list(ctx.args)))
