@@ -182,3 +182,51 @@ def test_two_gloo_processes_fine_tune_as_one_process_with_the_same_global_batch(
     assert weights[0].keys() == weights[1].keys()
     for name, tensor in weights[0].items():
         torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=1e-5)
+
+
+ROWS = [{"prompt": f"What is {i} plus {i}?", "response": f"It is {2 * i}."} for i in range(8)]
+
+
+def test_lora_finetune_on_a_device_map_follows_the_unsplit_run(model_dir, tmp_path):
+    """`finetune --device-map` with an explicit map (all "cpu" on this machine: the same
+    dispatch hooks that place blocks on several GPUs) trains the adapter to the same losses
+    and weights as the model on one device."""
+    from safetensors.torch import load_file
+
+    from realignkit.train import TrainConfig, finetune
+
+    on_cpu = json.dumps(dict.fromkeys(SPLIT, "cpu"))
+    settings = dict(lora=True, lora_r=4, max_steps=3, lr=1e-2, batch_size=4, warmup=0)
+    whole = finetune(model_dir, ROWS, tmp_path / "whole", TrainConfig(**settings))
+    split = finetune(
+        model_dir, ROWS, tmp_path / "split", TrainConfig(**settings, device_map=on_cpu)
+    )
+    logs = [json.loads((p / "realignkit_train.json").read_text()) for p in (whole, split)]
+    assert logs[1]["losses"] == pytest.approx(logs[0]["losses"], abs=1e-6)
+    a, b = (load_file(str(p / "adapter_model.safetensors")) for p in (whole, split))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_training_refuses_weights_offloaded_to_disk(model_dir, tmp_path, lora):
+    from realignkit.train import TrainConfig, finetune
+
+    config = TrainConfig(lora=lora, max_steps=1, device_map=json.dumps(SPLIT))
+    with pytest.raises(RealignError, match="offloaded to disk"):
+        finetune(model_dir, ROWS, tmp_path / "ft", config)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_finetune_command_takes_a_cpu_device_map_and_max_memory(model_dir, tmp_path):
+    from realignkit.cli import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "ft"
+    main(
+        ["finetune", "--model", str(model_dir), "--data", str(data), "--max-steps", "1"]
+        + ["--device-map", "sequential", "--max-memory", "cpu=2GiB", "-o", str(out)]
+    )
+    assert (out / "adapter_model.safetensors").exists()

@@ -21,6 +21,7 @@ from realignkit.cli import irr as _irr  # noqa: E402,F401  fisher, irr
 # Importing a module registers its commands on `app`.
 from realignkit.cli import merge as _merge  # noqa: E402,F401  safety-vector, resta
 from realignkit.cli import methods as _methods  # noqa: E402  every declared method
+from realignkit.cli import plan as _plan  # noqa: E402,F401  plan
 from realignkit.cli import safelora as _safelora  # noqa: E402,F401  safelora
 from realignkit.cli import sweep as _sweep  # noqa: E402,F401  sweep
 from realignkit.cli import train as _train  # noqa: E402,F401  finetune, unalign

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from realignkit.cli.app import app
-from realignkit.cli.options import Out, Overwrite
+from realignkit.cli.options import DeviceMapOption, MaxMemory, Out, Overwrite
 from realignkit.errors import RealignError
 
 Opt = typer.Option
@@ -62,6 +62,8 @@ def train_command(
     gradient_checkpointing: Annotated[
         bool, Opt(help="Trade compute for memory on large models.")
     ] = False,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemory = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Both commands share every option; only the model card they write differs."""
@@ -93,6 +95,8 @@ def train_command(
         system_prompt=system_prompt,
         freeze_embeddings=freeze_embeddings,
         gradient_checkpointing=gradient_checkpointing,
+        device_map=device_map,
+        max_memory=max_memory,
     )
     rows = load_pairs(
         data, prompt_column=prompt_column, response_column=response_column, limit=limit, seed=seed

@@ -180,6 +180,16 @@ class Edit:
 
 EditWeight = Callable[[WeightInputs, Mapping[str, Any]], Edit]
 EditLayer = Callable[[LayerInputs, Mapping[str, Any]], Edit]
+# A weight method's working memory, in bytes per entry of the weight it edits, given its
+# parameters and whether every input has the fine-tuned tensor's dtype: (scratch a worker
+# thread keeps, grown to the largest weight; what one edit allocates and frees beyond its
+# inputs and result). ``realignkit plan`` adds it to the tensors a streaming pass holds.
+Memory = Callable[[Mapping[str, Any], bool], tuple[float, float]]
+
+
+def default_memory(_params: Mapping[str, Any], _same_dtype: bool) -> tuple[float, float]:
+    """Undeclared methods: planned as three fp32 copies of the weight, allocated per edit."""
+    return 0.0, 12.0
 
 
 def _always(_params: Mapping[str, Any]) -> Mapping[str, str]:
@@ -200,6 +210,8 @@ class Method:
     a first streaming pass: ``scan`` scores every edited weight, ``choose(scores, params)``
     picks the names to edit (a global ranking), and the second pass sees ``score``/``chosen``.
     ``extra_meta(params, output)`` adds method-specific JSON files ``{filename: object}``.
+    ``memory(params, same_dtype)`` declares a weight method's working memory per entry
+    (:data:`Memory`), which ``realignkit plan`` uses; undeclared, it plans three fp32 copies.
     A weight method edits the decoder blocks' 2-D weights, plus the kinds of a declared
     ``include`` parameter (``targets="linears"``: their linear layers only).
     ``sweep_defaults`` are the settings the sweep's recipe starts from; ``sweep_grid`` is the
@@ -229,6 +241,7 @@ class Method:
     cli: bool = True  # register a `realignkit NAME` command built from the declaration
     sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
     sweep_grid: Mapping[str, Any] = field(default_factory=dict)  # the demo's default grid
+    memory: Memory | None = None  # working memory per edited entry (``realignkit plan``)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -144,6 +144,16 @@ def edit_weight(given: WeightInputs, params: Mapping[str, Any]) -> Edit:
     return Edit(theta)
 
 
+def _memory(params: Mapping[str, Any], same_dtype: bool) -> tuple[float, float]:
+    """Bytes per entry beyond inputs and result (see :func:`resta_tensor`): the fused path
+    allocates nothing; otherwise two fp32 scratch buffers per worker, and DARE's mask costs
+    its 16-bit random lanes and the boolean mask while one tensor is edited."""
+    dare = _drop_rate(params) > 0.0
+    if not dare and same_dtype:
+        return 0.0, 0.0
+    return 8.0, 3.0 if dare else 0.0
+
+
 def _needs_when(params: Mapping[str, Any]) -> dict[str, str]:
     if _drop_rate(params) > 0.0:
         return {"base": "--dare needs --base, the model the fine-tune started from"}
@@ -187,6 +197,7 @@ RESTA = Method(
     card=_card,
     sweep_grid={"gamma": [0.25, 0.5, 1.0, 1.5]},
     validate=_check_include,
+    memory=_memory,
 )
 # The sweep's "resta+dare": the same method, starting from the paper's p = 0.3.
 RESTA_DARE = replace(

@@ -85,6 +85,12 @@ class TrainConfig:
     merge_lora: bool = False
     """LoRA: write the full model with the adapter merged into its weights (a cheap way to
     update every layer when a full model is wanted), instead of the adapter."""
+    device_map: str | dict[str, Any] | None = None
+    """Split the model with accelerate's big-model dispatch (``auto``, ``balanced``, a JSON
+    map to GPU indices, ``"cpu"`` and ``"disk"``): naive model parallelism, one process; the
+    data-parallel and sharded paths are ``accelerate launch`` (examples/accelerate/)."""
+    max_memory: str | dict[str, Any] | None = None
+    """Memory per device for ``device_map`` (``0=70GiB,cpu=200GiB``)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -372,7 +378,26 @@ def finetune(
     dataset = PairDataset(rows, tokenizer, config.max_length, config.system_prompt)
     set_seed(config.seed)
     save_dtype = _checkpoint_dtype(model)
-    lm = load_causal_lm(model, dtype=load_dtype, device=device)
+    if config.device_map is not None and _world_size() > 1:
+        raise RealignError(
+            "--device-map splits one process's model over devices; under `accelerate launch` "
+            "use an FSDP or DeepSpeed config instead (examples/accelerate/)"
+        )
+    lm = load_causal_lm(
+        model,
+        dtype=load_dtype,
+        device=device,
+        device_map=config.device_map,
+        max_memory=config.max_memory,
+    )
+    offloaded = _offloaded(lm)
+    if offloaded:
+        # accelerate swaps disk-offloaded weights in for the forward pass only: autograd then
+        # meets meta tensors in the backward pass (also for a frozen LoRA base).
+        raise RealignError(
+            f"training cannot use weights offloaded to disk (module {offloaded[0]!r}): give "
+            '--max-memory more GPU or CPU memory, or a device map without "disk"'
+        )
     if config.lora:
         lm = _lora_model(lm, config)
     elif config.train_last_layers is not None:
@@ -457,7 +482,8 @@ def finetune(
     distributed = accelerator.num_processes > 1
     state_dict = accelerator.get_state_dict(trainer.model) if distributed else None
     if trainer.is_world_process_zero():
-        lm = lm.to("cpu")
+        if config.device_map is None:
+            lm = lm.to("cpu")
         with CheckpointWriter(out, overwrite=overwrite) as writer:
             if config.lora and config.merge_lora:
                 # a DDP replica holds the whole trained adapter: merge it on the main process
@@ -484,6 +510,16 @@ def finetune(
             out,
         )
     return out
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _offloaded(lm: Any) -> list[str]:
+    """Modules a device map sent to disk (their weights wait on the meta device)."""
+    device_map = getattr(lm, "hf_device_map", None) or {}
+    return [name for name, where in device_map.items() if where == "disk"]
 
 
 def unalign(
