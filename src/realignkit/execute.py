@@ -32,6 +32,7 @@ from realignkit.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
     FinetunedWeights,
+    SafetyVector,
     check_same_layout,
     ensure_finite,
     model_card,
@@ -192,8 +193,6 @@ class _Opened:
         )
         self.safety_vector = None
         if "safety_vector" in needed:
-            from realignkit.methods.safety_vector import SafetyVector
-
             self.safety_vector = stack.enter_context(SafetyVector(sources.safety_vector))
         self.readers: dict[str, Any] = {}
         for role, what in (("aligned", "aligned model"), ("pretrained", "pre-trained model")):
