@@ -32,6 +32,7 @@ from realignkit.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
     FinetunedWeights,
+    FisherScores,
     SafetyVector,
     check_same_layout,
     ensure_finite,
@@ -41,7 +42,7 @@ from realignkit.checkpoint.fingerprint import fingerprint
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
-from realignkit.methods.base import Edit, LayerInputs, Method, WeightInputs
+from realignkit.methods.base import DATA_INPUTS, Edit, LayerInputs, Method, WeightInputs
 from realignkit.ops.selection import is_selected, parse_include, tensor_kind
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Sources:
     safety_finetune: PathLike | None = None
     safety_adapter: PathLike | None = None  # a LoRA adapter on --aligned, instead
     safety_data: PathLike | None = None
+    fisher: PathLike | None = None  # a folder from `realignkit fisher`
+    calibration: PathLike | None = None  # downstream-task data
     allow_pickle: bool = False
 
 
@@ -98,6 +101,8 @@ _MISSING = {
     "safety_finetune": "needs --safety-model (or --safety-adapter): the aligned model "
     "fine-tuned on a small safety set (`realignkit finetune` makes it)",
     "safety_data": "needs --safety-data: harmful prompts with safe responses",
+    "fisher": "needs --fisher (from `realignkit fisher`)",
+    "calibration": "needs --calibration data",
 }
 
 
@@ -113,6 +118,8 @@ def _check_present(method: Method, sources: Sources, params: Mapping[str, Any]) 
         "safety_finetune": sources.safety_finetune is not None
         or sources.safety_adapter is not None,
         "safety_data": sources.safety_data is not None,
+        "fisher": sources.fisher is not None,
+        "calibration": sources.calibration is not None,
     }
     conditional = method.needs_when(params)
     for need in ["finetuned", *sorted(needed - {"finetuned"})]:
@@ -212,6 +219,25 @@ class _Opened:
                 safety = FinetunedWeights(sources.safety_finetune, allow_pickle=pickle)
             safety.what = "safety fine-tune"
             self.readers["safety_finetune"] = stack.enter_context(safety)
+        self.fisher = None
+        if "fisher" in needed:
+            self.fisher = stack.enter_context(FisherScores(sources.fisher))  # type: ignore[arg-type]
+        self.fisher_names: dict[str, str] = {}  # checkpoint name → name in the Fisher scores
+
+    def weight_inputs(
+        self, name: str, theta_f: torch.Tensor, transposed: bool = False
+    ) -> WeightInputs:
+        """Every declared input of one weight, as stored (orientation, dtype), on the CPU."""
+        sv, fisher = self.safety_vector, self.fisher_names.get(name)
+        return WeightInputs(
+            name,
+            theta_f,
+            base=self.weights.get_base(name) if "base" in self._needed else None,
+            safety_vector=sv.get(name, dtype=None) if sv is not None and name in sv else None,
+            fisher=self.fisher.get(fisher) if self.fisher is not None and fisher else None,
+            transposed=transposed,
+            **{role: reader.get(name) for role, reader in self.readers.items()},
+        )
 
     def describe(self, sources: Sources) -> dict[str, dict[str, str]]:
         """Every input's path and fingerprint, for the metadata and the card."""
@@ -220,14 +246,18 @@ class _Opened:
             paths["base"] = str(self.weights.base.dir)
         if self.safety_vector is not None:
             paths["safety_vector"] = str(self.safety_vector.dir)
+        if self.fisher is not None:
+            paths["fisher"] = str(self.fisher.dir)
         for role, reader in self.readers.items():
             if isinstance(reader, FinetunedWeights):
                 for key, value in reader.describe().items():
                     paths[f"safety_{key}" if key != "finetuned" else role] = value
             else:
                 paths[role] = str(reader.dir)
-        if sources.safety_data is not None and "safety_data" in self._needed:
-            paths["safety_data"] = str(Path(sources.safety_data).expanduser().resolve())
+        for role in DATA_INPUTS:
+            data = getattr(sources, role)
+            if data is not None and role in self._needed:
+                paths[role] = str(Path(data).expanduser().resolve())
         return {role: {"path": p, "fingerprint": fingerprint(p)} for role, p in paths.items()}
 
 
@@ -243,17 +273,11 @@ def _validate_weight_inputs(opened: _Opened, names: list[str]) -> None:
                 f"the safety vector was made for a {sv.architecture}, the fine-tuned "
                 f"model is a {weights.architecture}"
             )
-        for name in names:
-            if name in sv:
-                if tuple(sv.shape(name)) != tuple(weights.shape(name)):
-                    raise RealignError(
-                        f"tensor {name!r} has shape {tuple(weights.shape(name))} in the "
-                        f"fine-tuned model but {tuple(sv.shape(name))} in the safety vector"
-                    )
-            elif not sv.is_lowrank:
-                raise RealignError(f"tensor {name!r} is missing from the safety vector {sv.dir}")
         # every tensor the safety vector edits is in θ_F, same shape, same vocabulary
         check_same_layout(sv, weights)
+        for name in names:
+            if name not in sv and not sv.is_lowrank:
+                raise RealignError(f"tensor {name!r} is missing from the safety vector {sv.dir}")
     if weights.full is not None and weights.base is not None:
         check_same_layout(weights.full, weights.base, names)
     for reader in opened.readers.values():
@@ -337,6 +361,7 @@ def execute(
     max_shard_size: str | int = "1GB",
     workers: int = 2,
     device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> Output:
     """Run ``method`` on ``sources`` with ``params`` and write the re-aligned model to ``out``.
@@ -353,7 +378,16 @@ def execute(
                 method, opened, sources, resolved, needed, out, overwrite, max_shard_size, workers
             )
         return _run_layers(
-            method, opened, sources, resolved, out, overwrite, max_shard_size, device, progress
+            method,
+            opened,
+            sources,
+            resolved,
+            out,
+            overwrite,
+            max_shard_size,
+            device,
+            dtype,
+            progress,
         )
 
 
@@ -391,19 +425,11 @@ def _run_weights(
         raise RealignError("no tensor of the fine-tuned model is selected for editing")
     _validate_weight_inputs(opened, selected)
     selected_set = set(selected)
-    sv, readers = opened.safety_vector, opened.readers
     assert method.edit_weight is not None
     edit_weight = method.edit_weight
 
     def inputs_of(name: str, theta_f: torch.Tensor) -> WeightInputs:
-        return WeightInputs(
-            name,
-            theta_f,
-            base=weights.get_base(name) if "base" in needed else None,
-            safety_vector=sv.get(name, dtype=None) if sv is not None and name in sv else None,
-            transposed=orientation.get(name, False),
-            **{role: reader.get(name) for role, reader in readers.items()},
-        )
+        return opened.weight_inputs(name, theta_f, orientation.get(name, False))
 
     scores: dict[str, float] = {}
     chosen: set[str] | None = None
@@ -508,27 +534,54 @@ def _run_layers(
     overwrite: bool,
     max_shard_size: str | int,
     device: str | torch.device | None,
+    dtype: torch.dtype | None,
     progress: bool,
 ) -> Output:
-    from realignkit.calib.blocks import decoder_linears
-    from realignkit.calib.hessian import edit_blockwise
-    from realignkit.modeling import default_device, default_dtype, load_causal_lm, load_tokenizer
+    from realignkit.modeling import default_device
 
-    weights, aligned = opened.weights, opened.readers["aligned"]
-    check_same_layout(weights, aligned)
+    weights, aligned = opened.weights, opened.readers.get("aligned")
+    if aligned is not None:
+        check_same_layout(weights, aligned)
     compute = torch.device(device) if device is not None else default_device()
-    # bf16 activations on accelerators (Hessians still accumulate in fp32), fp32 on the CPU
-    model = load_causal_lm(aligned.dir, dtype=default_dtype(compute), device="cpu")
-    # module name → checkpoint tensor name
-    targets = {layer.name: name for layer, name in linear_checkpoint_names(model, weights)}
-    tokenizer = load_tokenizer(aligned.dir, padding_side="right")
-    batches, tokens = safety_batches(sources.safety_data, tokenizer, params)  # type: ignore[arg-type]
-    widest = max(layer.in_features for layer in decoder_linears(model))
-    if tokens < widest:
-        raise RealignError(
-            f"safety data give {tokens} tokens, fewer than the {widest} inputs of the widest "
-            "layer: use more --num-samples or a longer --max-length"
+    runs_model = method.runs_model(params)
+    # Everything is checked on the model's skeleton before a weight is loaded or written.
+    skeleton = _skeleton(weights.support_dirs[0])
+    prefix = getattr(skeleton, "base_model_prefix", "")
+    opened.fisher_names = _fisher_names(opened.fisher, weights, prefix)
+    layers = _edited_layers(method, opened, skeleton, params)
+    _validate_weight_inputs(opened, [name for _, name in layers])
+    batches: list[dict[str, torch.Tensor]] = []
+    tokens = 0
+    if runs_model:
+        data = getattr(sources, method.data)
+        tokenizer = _tokenizer(method, opened)
+        make = method.batches or _safety_rows
+        batches = make(data, tokenizer, params, getattr(skeleton.config, "vocab_size", None))
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        widest = max(layers, key=lambda pair: pair[0].in_features)
+        (method.check_tokens or _enough_tokens)(
+            tokens, (widest[1], widest[0].in_features), params, data
         )
+
+    def given(layer: Any, name: str, theta_f: torch.Tensor, hessian: Any) -> LayerInputs:
+        return LayerInputs(
+            name,
+            aligned=None
+            if aligned is None
+            else layer.to_kernel(aligned.get(name)).to(compute, torch.float32),
+            finetuned=layer.to_kernel(theta_f).to(compute, torch.float32),
+            hessian=hessian,
+            stored=opened.weight_inputs(name, theta_f, layer.transposed),
+            device=compute,
+        )
+
+    prepared = None
+    if method.prepare is not None and method.prepare_when(params):
+
+        def stream() -> Iterator[LayerInputs]:
+            return (given(ly, n, weights.get(n), None) for ly, n in layers)
+
+        prepared = method.prepare(stream, params)
     assert method.edit_layer is not None
     edit_layer = method.edit_layer
     output = Output(Path(out), method.name, params)
@@ -536,41 +589,149 @@ def _run_layers(
     writer = CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size)
     with writer:
 
-        def edit_block(_index: int, layers: list, hessians: dict[str, torch.Tensor]) -> None:
-            for layer in layers:
-                name = targets[layer.name]
-                theta_f = weights.get(name)
-                given = LayerInputs(
-                    name,
-                    aligned=layer.to_kernel(aligned.get(name)).to(compute, torch.float32),
-                    finetuned=layer.to_kernel(theta_f).to(compute, torch.float32),
-                    hessian=hessians[layer.name],
-                )
-                edit = edit_layer(given, params)
-                stored = _checked(name, Edit(layer.from_kernel(edit.tensor)), theta_f)
-                writer.add(name, stored)
-                output.edited.append(name)
-                output.stats[name] = edit.stats
-                if method.sequential:
-                    layer.set_weight(layer.to_kernel(stored))
+        def edit(layer: Any, name: str, hessian: torch.Tensor | None) -> torch.Tensor:
+            theta_f = weights.get(name)
+            inputs_of_layer = given(layer, name, theta_f, hessian)
+            inputs_of_layer.prepared = prepared
+            edit = edit_layer(inputs_of_layer, params)
+            stored = _checked(name, Edit(layer.from_kernel(edit.tensor)), theta_f)
+            writer.add(name, stored)
+            output.edited.append(name)
+            output.stats[name] = edit.stats
+            return stored
 
-        edit_blockwise(
-            model,
-            batches,
-            edit_block,
-            device=compute,
-            select=lambda layer: layer.name in targets,
-            progress=progress,
-        )
-        del model
+        if runs_model:
+            from realignkit.calib.hessian import edit_blockwise
+
+            model = _running_model(method, opened, compute, dtype)
+            by_layer = {layer.name: name for layer, name in layers}
+
+            def edit_block(_index: int, running: list, hessians: dict[str, torch.Tensor]) -> None:
+                for layer in running:
+                    stored = edit(layer, by_layer[layer.name], hessians[layer.name])
+                    if method.sequential:
+                        layer.set_weight(layer.to_kernel(stored))
+
+            edit_blockwise(
+                model,
+                batches,
+                edit_block,
+                device=compute,
+                select=lambda layer: layer.name in by_layer,
+                progress=progress,
+            )
+            del model
+        else:
+            from tqdm.auto import tqdm
+
+            for layer, name in tqdm(layers, desc=method.name, disable=not progress):
+                edit(layer, name, None)
         edited = set(output.edited)
         for name in _rest(weights.names, edited):
             writer.add(name, weights.get(name))
             output.copied.append(name)
         writer.copy_support_files(*weights.support_dirs)
-        extra = {"safety data tokens": tokens, **_summary(output)}
-        _card_and_meta(writer, method, params, inputs, output, extra)
+        extra = {f"{method.data.replace('_', ' ')} tokens": tokens} if runs_model else {}
+        _card_and_meta(writer, method, params, inputs, output, {**extra, **_summary(output)})
     return output
+
+
+def _safety_rows(data: PathLike, tokenizer: Any, params: Mapping[str, Any], _vocab: Any) -> list:
+    return safety_batches(data, tokenizer, params)[0]
+
+
+def _enough_tokens(tokens: int, widest: tuple[str, int], _params: Any, _data: Any) -> None:
+    """Fewer token positions than a layer's inputs leave its Hessian singular: refuse."""
+    if tokens < widest[1]:
+        raise RealignError(
+            f"safety data give {tokens} tokens, fewer than the {widest[1]} inputs of the widest "
+            "layer: use more --num-samples or a longer --max-length"
+        )
+
+
+def _edited_layers(
+    method: Method, opened: _Opened, skeleton: torch.nn.Module, params: Mapping[str, Any]
+) -> list[tuple[Any, str]]:
+    """The decoder-block linear layers a layer method edits, with their checkpoint names: those
+    of a declared ``modules`` parameter, and only those the Fisher scores cover when the method
+    reads them (the scores were computed for the layers they are meant to steer)."""
+    from realignkit.calib.blocks import select_modules
+
+    modules = params.get("modules")
+    found = linear_checkpoint_names(skeleton, opened.weights)
+    chosen = {id(ly) for ly in select_modules([ly for ly, _ in found], modules)}
+    layers = [(ly, name) for ly, name in found if id(ly) in chosen]
+    if opened.fisher is not None:
+        missing = [name for _, name in layers if name not in opened.fisher_names]
+        if modules and missing:
+            raise RealignError(
+                f"no Fisher scores for {missing[0]!r}; recompute them with "
+                "`realignkit fisher --modules ...` or choose other --modules"
+            )
+        layers = [(ly, name) for ly, name in layers if name in opened.fisher_names]
+    if not layers:
+        raise RealignError("no weight to edit: the Fisher scores cover none of the chosen layers")
+    return layers
+
+
+def _fisher_names(
+    fisher: FisherScores | None, weights: FinetunedWeights, prefix: str
+) -> dict[str, str]:
+    """Checkpoint name → Fisher tensor name, every Fisher tensor checked against θ_F."""
+    if fisher is None:
+        return {}
+    found = {}
+    for fname in fisher.names:
+        name = checkpoint_name(fname, weights, prefix)
+        if name is None:
+            raise RealignError(
+                f"the Fisher scores hold tensor {fname!r}, which the fine-tuned model does "
+                f"not have: they were computed for another model ({fisher.architecture})"
+            )
+        if tuple(fisher.shape(fname)) != tuple(weights.shape(name)):
+            raise RealignError(
+                f"tensor {fname!r} has shape {tuple(fisher.shape(fname))} in the Fisher "
+                f"scores but {tuple(weights.shape(name))} in the fine-tuned model"
+            )
+        found[name] = fname
+    return found
+
+
+def _tokenizer(method: Method, opened: _Opened) -> Any:
+    """The running model's tokenizer (an adapter's own tokens included), padding right."""
+    from realignkit.modeling import load_tokenizer
+
+    weights = opened.weights
+    if method.runs == "aligned":
+        return load_tokenizer(opened.readers["aligned"].dir, padding_side="right")
+    adapter = weights.adapter.dir if weights.adapter is not None else None
+    return load_tokenizer(weights.support_dirs[0], adapter=adapter, padding_side="right")
+
+
+def _running_model(
+    method: Method, opened: _Opened, compute: torch.device, dtype: torch.dtype | None
+) -> torch.nn.Module:
+    """The model a layer method runs, on the CPU (blocks visit ``compute`` one at a time):
+    the aligned model, or θ_F (an adapter's θ_B + scale·B·A put into every adapted tensor).
+    Activations in bf16 on accelerators (Hessians still accumulate in fp32), fp32 on the CPU."""
+    from realignkit.modeling import default_dtype, load_causal_lm
+
+    weights = opened.weights
+    dtype = dtype or default_dtype(compute)
+    if method.runs == "aligned":
+        return load_causal_lm(opened.readers["aligned"].dir, dtype=dtype, device="cpu")
+    model = load_causal_lm(
+        weights.support_dirs[0], dtype=dtype, device="cpu", allow_pickle=weights.allow_pickle
+    )
+    if weights.adapter is not None:
+        prefix = getattr(model, "base_model_prefix", "")
+        adapted = set(weights.adapter.target_weights()) | set(weights.adapter.full_tensors())
+        for param_name, param in model.named_parameters():
+            name = checkpoint_name(param_name, adapted, prefix)
+            if name is not None:
+                with torch.no_grad():
+                    param.copy_(weights.get(name).to(param.dtype))
+    return model
 
 
 def _rest(names: list[str], done: set[str]) -> Iterator[str]:
