@@ -308,6 +308,8 @@ def _card_and_meta(
     """One model card and one ``realignkit.json``, the same shape for every method."""
     from realignkit import __version__
 
+    if method.report is not None:
+        extra = {**extra, **method.report(params, output.stats)}
     title, body = method.card(params, output.stats) if method.card else (method.name, "")
     kinds = sorted({tensor_kind(n, 2) for n in output.edited})
     settings = {p.name: _plain(params[p.name]) for p in method.params}

@@ -95,7 +95,11 @@ def declared_recipe(method: Method) -> Recipe:
             pretrained=job.pretrained,
             safety_finetune=job.safety_model,
             safety_data=job.harmful,
+            calibration=job.calibration,
         )
+        if method.job_inputs is not None:  # inputs the method derives from the job (Fisher)
+            for role, path in method.job_inputs(job, params, out).items():
+                setattr(sources, role, path)
         output = execute(method, sources, out, params, overwrite=job.overwrite)
         info = {k: v for k, v in output.meta.get("parameters", {}).items() if v not in ((), [])}
         info.update(output.meta.get("summary", {}))
