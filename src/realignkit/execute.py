@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -36,9 +37,11 @@ from realignkit.checkpoint import (
     SafetyVector,
     check_same_layout,
     ensure_finite,
-    model_card,
 )
-from realignkit.checkpoint.fingerprint import fingerprint
+from realignkit.checkpoint.card import (
+    described,
+    write_documents,
+)
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
@@ -47,9 +50,6 @@ from realignkit.ops.selection import is_selected, parse_include, tensor_kind
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
-META_FILE = "realignkit.json"
-META_FORMAT = "realignkit-output"
-META_SCHEMA = 1
 
 
 @dataclass
@@ -81,6 +81,7 @@ class Output:
     copied: list[str] = field(default_factory=list)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    form: str = "model"  # or "adapter": a LoRA adapter to load on the aligned model
 
 
 def sources_of(weights: FinetunedWeights) -> Sources:
@@ -225,7 +226,7 @@ class _Opened:
         self.fisher_names: dict[str, str] = {}  # checkpoint name → name in the Fisher scores
 
     def weight_inputs(
-        self, name: str, theta_f: torch.Tensor, transposed: bool = False
+        self, name: str, theta_f: torch.Tensor, transposed: bool = False, lora: Any = None
     ) -> WeightInputs:
         """Every declared input of one weight, as stored (orientation, dtype), on the CPU."""
         sv, fisher = self.safety_vector, self.fisher_names.get(name)
@@ -236,6 +237,7 @@ class _Opened:
             safety_vector=sv.get(name, dtype=None) if sv is not None and name in sv else None,
             fisher=self.fisher.get(fisher) if self.fisher is not None and fisher else None,
             transposed=transposed,
+            lora=lora,
             **{role: reader.get(name) for role, reader in self.readers.items()},
         )
 
@@ -258,7 +260,7 @@ class _Opened:
             data = getattr(sources, role)
             if data is not None and role in self._needed:
                 paths[role] = str(Path(data).expanduser().resolve())
-        return {role: {"path": p, "fingerprint": fingerprint(p)} for role, p in paths.items()}
+        return described(paths)
 
 
 def _validate_weight_inputs(opened: _Opened, names: list[str]) -> None:
@@ -305,52 +307,38 @@ def _card_and_meta(
     output: Output,
     extra: Mapping[str, Any],
 ) -> None:
-    """One model card and one ``realignkit.json``, the same shape for every method."""
-    from realignkit import __version__
-
+    """The output's card and ``realignkit.json`` (:func:`write_documents`), then the method's
+    own files."""
     if method.report is not None:
         extra = {**extra, **method.report(params, output.stats)}
     title, body = method.card(params, output.stats) if method.card else (method.name, "")
-    kinds = sorted({tensor_kind(n, 2) for n in output.edited})
-    settings = {p.name: _plain(params[p.name]) for p in method.params}
-    settings.update({k: v for k, v in extra.items()})
-    settings["tensors edited"] = len(output.edited)
-    settings["tensors copied unchanged"] = len(output.copied)
-    settings["edited tensor kinds"] = ", ".join(kinds)
-    first = next(iter(inputs.values()), {}).get("path")
-    writer.write_card(
-        model_card(
-            method=title,
-            summary=method.summary,
-            inputs={role: value["path"] for role, value in inputs.items()},
-            params=settings,
-            body=body,
-            base_model=inputs.get("finetuned", {}).get("path") or first,
-        )
+    # an adapter is loaded on its base: the card says so, as PEFT's own cards do
+    adapter = output.form == "adapter"
+    output.meta = write_documents(
+        writer,
+        method=method.name,
+        version=method.version,
+        summary=method.summary,
+        parameters={p.name: params[p.name] for p in method.params},
+        inputs=inputs,
+        totals=extra,
+        edited=len(output.edited),
+        copied=len(output.copied),
+        weights=output.stats,
+        title=title,
+        body=body,
+        card_settings={
+            "tensors edited": len(output.edited),
+            "tensors copied unchanged": len(output.copied),
+            "edited tensor kinds": ", ".join(sorted({tensor_kind(n, 2) for n in output.edited})),
+        },
+        base_model=(inputs["base"] if adapter else inputs.get("finetuned", {})).get("path"),
+        tags=("peft", "lora") if adapter else (),
+        library_name="peft" if adapter else "transformers",
     )
-    output.meta = {
-        "format": META_FORMAT,
-        "schema": META_SCHEMA,
-        "method": method.name,
-        "method_version": method.version,
-        "realignkit_version": __version__,
-        "parameters": {k: _plain(v) for k, v in params.items()},
-        "inputs": inputs,
-        "summary": {k: _plain(v) for k, v in extra.items()},
-        "edited": len(output.edited),
-        "copied": len(output.copied),
-        "weights": output.stats,
-    }
-    writer.write_json(META_FILE, output.meta)
     if method.extra_meta is not None:
         for filename, content in method.extra_meta(params, output).items():
             writer.write_json(filename, content)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    return value
 
 
 def execute(
@@ -405,6 +393,7 @@ def _run_weights(
     workers: int,
 ) -> Output:
     weights = opened.weights
+    adapter = weights.adapter if method.adapter_form else None
     # Whole tensor sets first: a weight missing from any input is named with its file before
     # anything is derived from the model's structure.
     aligned = opened.readers.get("aligned")
@@ -413,25 +402,22 @@ def _run_weights(
         for role, reader in opened.readers.items():
             if role != "aligned":
                 check_same_layout(aligned, reader)
-    orientation = linear_orientations(weights) if method.orientation else {}
-    if method.targets == "linears":
-        orientation = orientation or linear_orientations(weights)
-        selected = [n for n in weights.names if n in orientation]
+    if adapter is not None:
+        # An adapter in, an adapter out: its weights are edited through their LoRA factors.
+        selected = adapter.target_weights()
+        factors = {name: adapter.factors(name) for name in selected}
+        orientation = {name: f.transpose for name, f in factors.items()}
     else:
-        selected = [
-            n
-            for n in weights.names
-            if default_edits(n, len(weights.shape(n)), weights.dtype(n).is_floating_point, params)
-        ]
+        selected, orientation = _selected_weights(method, weights, params)
     if not selected:
         raise RealignError("no tensor of the fine-tuned model is selected for editing")
     _validate_weight_inputs(opened, selected)
-    selected_set = set(selected)
     assert method.edit_weight is not None
     edit_weight = method.edit_weight
 
-    def inputs_of(name: str, theta_f: torch.Tensor) -> WeightInputs:
-        return opened.weight_inputs(name, theta_f, orientation.get(name, False))
+    def inputs_of(name: str) -> WeightInputs:
+        lora = factors[name] if adapter is not None else None
+        return opened.weight_inputs(name, weights.get(name), orientation.get(name, False), lora)
 
     scores: dict[str, float] = {}
     chosen: set[str] | None = None
@@ -439,7 +425,7 @@ def _run_weights(
         # First pass: a score per edited weight (nothing kept), then one global choice.
         scan = method.scan
         for name, score in map_ordered(
-            lambda n: scan(inputs_of(n, weights.get(n)), params),
+            lambda n: scan(inputs_of(n), params),
             selected,
             workers=workers,
             desc=f"{method.name} (scores)",
@@ -449,35 +435,75 @@ def _run_weights(
         assert method.choose is not None
         chosen = method.choose(scores, params)
 
-    def realign(name: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        theta_f = weights.get(name)
-        if name not in selected_set:
-            return theta_f, None
-        given = inputs_of(name, theta_f)
+    # output tensor → the weight it edits (None: copied); an adapter's edits are its B factors
+    if adapter is not None:
+        edits = {adapter.lora_keys(name)[1]: name for name in selected}
+        keys, read, size = adapter.keys, adapter.raw, None
+    else:
+        edits = {name: name for name in selected}
+        keys, read, size = weights.names, weights.get, weights.nbytes
+
+    def realign(key: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        stored = read(key)
+        name = edits.get(key)
+        if name is None:
+            return stored, None
+        given = (
+            inputs_of(name)
+            if adapter is not None
+            else opened.weight_inputs(name, stored, orientation.get(name, False))
+        )
         if chosen is not None:
             given.score, given.chosen = scores[name], name in chosen
         edit = edit_weight(given, params)
-        return _checked(name, edit, theta_f), edit.stats
+        return _checked(key, edit, stored), edit.stats
 
-    output = Output(Path(out), method.name, params)
-    plan = [TensorSpec(n, tuple(weights.shape(n)), weights.dtype(n)) for n in weights.names]
+    output = Output(Path(out), method.name, params, form="adapter" if adapter else "model")
     inputs = opened.describe(sources)
-    with CheckpointWriter(
-        out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
-    ) as writer:
-        for name, (tensor, stats) in map_ordered(
-            realign, weights.names, workers=workers, desc=method.name, weights=weights.nbytes
+    if adapter is not None:
+        # PEFT loads one adapter_model.safetensors: never shard it
+        writer = CheckpointWriter(
+            out, overwrite=overwrite, max_shard_size=1 << 60, weights_name="adapter_model"
+        )
+    else:
+        plan = [TensorSpec(n, tuple(weights.shape(n)), weights.dtype(n)) for n in keys]
+        writer = CheckpointWriter(
+            out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
+        )
+    with writer:
+        for key, (tensor, stats) in map_ordered(
+            realign, keys, workers=workers, desc=method.name, weights=size
         ):
-            writer.add(name, tensor)
-            if name in selected_set:
-                output.edited.append(name)
+            writer.add(key, tensor)
+            if key in edits:
+                output.edited.append(edits[key])
                 if stats:
-                    output.stats[name] = stats
+                    output.stats[edits[key]] = stats
             else:
-                output.copied.append(name)
-        writer.copy_support_files(*weights.support_dirs)
+                output.copied.append(key)
+        if adapter is not None:
+            writer.copy_support_files(adapter.dir)
+            shutil.copy2(adapter.dir / "adapter_config.json", writer.path / "adapter_config.json")
+        else:
+            writer.copy_support_files(*weights.support_dirs)
         _card_and_meta(writer, method, params, inputs, output, _summary(output))
     return output
+
+
+def _selected_weights(
+    method: Method, weights: FinetunedWeights, params: Mapping[str, Any]
+) -> tuple[list[str], dict[str, bool]]:
+    """The weights a weight method edits, and each one's orientation where it asked for it."""
+    orientation = linear_orientations(weights) if method.orientation else {}
+    if method.targets == "linears":
+        orientation = orientation or linear_orientations(weights)
+        return [n for n in weights.names if n in orientation], orientation
+    selected = [
+        n
+        for n in weights.names
+        if default_edits(n, len(weights.shape(n)), weights.dtype(n).is_floating_point, params)
+    ]
+    return selected, orientation
 
 
 def _summary(output: Output) -> dict[str, Any]:

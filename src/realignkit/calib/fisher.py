@@ -250,7 +250,8 @@ def compute_fisher(
     max_memory: str | dict[str, Any] | None = None,
 ) -> Path:
     """`realignkit fisher`: score the aligned model ``model`` on ``harmful`` and write ``out``."""
-    from realignkit.checkpoint import CheckpointWriter, model_card
+    from realignkit.checkpoint import CheckpointWriter
+    from realignkit.checkpoint.card import described, write_documents
     from realignkit.modeling import load_causal_lm, load_tokenizer
 
     if mode not in FISHER_MODES:
@@ -340,24 +341,21 @@ def compute_fisher(
             pairs = zip(prompts, responses, strict=True)
             lines = [json.dumps({"prompt": p, "response": r}) for p, r in pairs]
             (writer.path / "responses.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        writer.write_card(
-            model_card(
-                method="fisher",
-                summary="Diagonal Fisher safety-importance scores for `realignkit irr`. "
-                "Not a model: it holds one fp32 score per weight of the edited layers.",
-                inputs={"model": str(model_dir), "harmful data": str(harmful)},
-                params={
-                    k: meta[k]
-                    for k in (
-                        "mode",
-                        "batch_size",
-                        "samples",
-                        "response_tokens",
-                        "max_length",
-                        "generated_responses",
-                        "modules",
-                    )
-                },
-            )
+        counts = ("samples", "response_tokens")
+        write_documents(
+            writer,
+            method="fisher",
+            version=1,
+            summary="Diagonal Fisher safety-importance scores for `realignkit irr`. "
+            "Not a model: it holds one fp32 score per weight of the edited layers.",
+            parameters={
+                k: meta[k]
+                for k in ("mode", "batch_size", "max_length", "generated_responses", "modules")
+            },
+            inputs=described({"model": model_dir, "harmful data": harmful}),
+            totals={k: meta[k] for k in counts},
+            edited=len(scores),
+            copied=0,
+            weights={name: {"shape": shape} for name, shape in meta["tensors"].items()},
         )
     return Path(out)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from realignkit.checkpoint.adapter import LoraFactors
 from realignkit.errors import RealignError
 
 # What a method may ask the executor for. Values are what the user gives on the CLI.
@@ -155,6 +156,9 @@ class WeightInputs:
     safety_finetune: torch.Tensor | None = None
     fisher: torch.Tensor | None = None  # float32
     transposed: bool = False
+    # an ``adapter_form`` method given a LoRA adapter: this weight's factors (the edit is the
+    # new B factor, in B's shape)
+    lora: LoraFactors | None = None
     # methods with a first pass (``scan``/``choose``): this weight's score and the verdict
     score: float | None = None
     chosen: bool | None = None
@@ -236,6 +240,8 @@ class Method:
     scan_when: Callable[[Mapping[str, Any]], bool] = lambda _params: True
     extra_meta: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
     targets: str = "block_weights"  # or "linears": the decoder blocks' linear layers only
+    # given --adapter, write an adapter (same keys and config, new B factors) instead of a model
+    adapter_form: bool = False
     recipe: bool = True  # a registry recipe (the sweep, the demo)
     orientation: bool = False
     sequential: bool = True  # layer methods: later blocks see the edited earlier blocks

@@ -26,7 +26,6 @@ from realignkit.checkpoint import (
     FinetunedWeights,
     check_same_layout,
     ensure_finite,
-    model_card,
 )
 from realignkit.checkpoint.artifact import (
     LEFT,
@@ -35,6 +34,7 @@ from realignkit.checkpoint.artifact import (
     SAFETY_VECTOR_FORMAT,
     SafetyVector,
 )
+from realignkit.checkpoint.card import described, write_documents
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
@@ -139,14 +139,18 @@ def compute_safety_vector(
         meta["tensors"] = tensors
         w.write_json(META_FILE, meta)
         inputs = {k: meta[k] for k in ("aligned", "unaligned", "unaligned_adapter") if k in meta}
-        w.write_card(
-            model_card(
-                method="safety-vector",
-                summary="A safety vector v = θ_aligned − θ_unaligned, for `realignkit resta` "
-                "and `realignkit irr`. It is not a model: it cannot be loaded on its own.",
-                inputs=inputs,
-                params={"form": meta["form"], "dtype": meta["dtype"], "tensors": len(tensors)},
-            )
+        write_documents(
+            w,
+            method="safety-vector",
+            version=1,
+            summary="A safety vector v = θ_aligned − θ_unaligned, for `realignkit resta` "
+            "and `realignkit irr`. It is not a model: it cannot be loaded on its own.",
+            parameters={"form": meta["form"], "dtype": meta["dtype"]},
+            inputs=described(inputs),
+            totals={"tensors": len(tensors)},
+            edited=len(tensors),
+            copied=0,
+            weights=tensors,
         )
     return Path(out)
 
