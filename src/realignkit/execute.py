@@ -7,13 +7,20 @@
     check (finite, dtype = the fine-tuned tensor's) ─ shards (atomic) ─ card ─ realignkit.json
 
 *Weight* methods stream: a few tensors in memory whatever the model size, read ahead by a
-thread pool. *Layer* methods run the aligned model on the method's data block after block
-(:func:`realignkit.calib.hessian.edit_blockwise`), hand each linear layer's Hessian to the
-method, put the edited weight back into the running model (later blocks see it) and write it.
+thread pool; an optional first pass scores every weight for one global choice. A method
+declared ``adapter_form`` and given a LoRA adapter writes an adapter (same keys and config,
+new B factors) instead of a model. *Layer* methods run a model (the aligned one, or θ_F) on
+their data block after block (:func:`realignkit.calib.hessian.edit_blockwise`), hand each
+linear layer's Hessian to the method, put the edited weight back into the running model
+(later blocks see it) and write it; a setting that needs no Hessian visits the layers without
+running anything, and an optional ``prepare`` pass streams every layer first (IRR's global
+ranking).
 
-Every output carries the same metadata file, ``realignkit.json``: the method and its version,
-the realignkit version, every parameter, every input with its fingerprint, and the method's
-statistics per edited weight.
+Every output carries the same metadata file, ``realignkit.json``
+(:func:`realignkit.checkpoint.card.write_documents`): the method and its version, the
+realignkit version, every parameter, every input with its fingerprint, and the method's
+statistics per edited weight. The executor knows the contract (:mod:`realignkit.methods.base`)
+and no method: method modules stand above it.
 """
 
 from __future__ import annotations
