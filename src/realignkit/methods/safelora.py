@@ -273,58 +273,13 @@ SAFELORA_FULL = replace(
 )
 
 
-def _run(method: Method, sources: Any, out: PathLike, **options: Any) -> SafeLoraResult:
-    from realignkit.execute import execute
-
-    params = {key: options.pop(key) for key in ("threshold", "num_layers", "device")}
-    check_selection(params["threshold"], params["num_layers"])
-    params["device"] = None if params["device"] is None else str(params["device"])
-    output = execute(method, sources, out, params, **options)
-    return SafeLoraResult(output.path, _layers(output.stats), _rule(output.params))
-
-
-def safelora_adapter(
-    adapter: PathLike,
+def safelora(
     aligned: PathLike,
     pretrained: PathLike,
     out: PathLike,
     *,
-    threshold: float | None = None,
-    num_layers: int | None = None,
-    overwrite: bool = False,
-    allow_pickle: bool = False,
-    device: str | torch.device | None = None,
-    workers: int = 2,
-) -> SafeLoraResult:
-    """Write a Safe LoRA adapter: ``B ← C·B`` in the selected layers, everything else copied
-    (same keys, same config: load it on ``aligned``)."""
-    from realignkit.execute import Sources
-
-    sources = Sources(
-        base=aligned,
-        adapter=adapter,
-        aligned=aligned,
-        pretrained=pretrained,
-        allow_pickle=allow_pickle,
-    )
-    return _run(
-        SAFELORA,
-        sources,
-        out,
-        threshold=threshold,
-        num_layers=num_layers,
-        device=device,
-        overwrite=overwrite,
-        workers=workers,
-    )
-
-
-def safelora_full(
-    finetuned: PathLike,
-    aligned: PathLike,
-    pretrained: PathLike,
-    out: PathLike,
-    *,
+    adapter: PathLike | None = None,
+    finetuned: PathLike | None = None,
     threshold: float | None = None,
     num_layers: int | None = None,
     overwrite: bool = False,
@@ -333,24 +288,51 @@ def safelora_full(
     device: str | torch.device | None = None,
     workers: int = 2,
 ) -> SafeLoraResult:
-    """Write ``W_A + C·(W_F − W_A)`` in the selected decoder-block weights, ``W_F`` elsewhere.
+    """Safe LoRA on a LoRA ``adapter`` trained on ``aligned`` (written: an adapter, ``B ← C·B``
+    in the selected layers, every other tensor and the config copied) or on a full fine-tune
+    ``finetuned`` (written: a model, ``W_A + C·(W_F − W_A)`` in the selected decoder-block
+    weights, ``W_F`` elsewhere).
 
     Run by the executor: with a threshold, one streaming pass; with ``num_layers``, a first
     pass measures every similarity (nothing kept) and a second writes.
     """
-    from realignkit.execute import Sources
+    from realignkit.execute import Sources, execute
 
+    check_selection(threshold, num_layers)
     sources = Sources(
-        finetuned=finetuned, aligned=aligned, pretrained=pretrained, allow_pickle=allow_pickle
+        finetuned=finetuned,
+        base=aligned if adapter is not None else None,
+        adapter=adapter,
+        aligned=aligned,
+        pretrained=pretrained,
+        allow_pickle=allow_pickle,
     )
-    return _run(
-        SAFELORA_FULL,
+    params = {
+        "threshold": threshold,
+        "num_layers": num_layers,
+        "device": None if device is None else str(device),
+    }
+    output = execute(
+        SAFELORA if adapter is not None else SAFELORA_FULL,
         sources,
         out,
-        threshold=threshold,
-        num_layers=num_layers,
-        device=device,
+        params,
         overwrite=overwrite,
         max_shard_size=max_shard_size,
         workers=workers,
     )
+    return SafeLoraResult(output.path, _layers(output.stats), _rule(output.params))
+
+
+def safelora_adapter(
+    adapter: PathLike, aligned: PathLike, pretrained: PathLike, out: PathLike, **options: Any
+) -> SafeLoraResult:
+    """:func:`safelora` on a LoRA adapter (load the output on ``aligned``)."""
+    return safelora(aligned, pretrained, out, adapter=adapter, **options)
+
+
+def safelora_full(
+    finetuned: PathLike, aligned: PathLike, pretrained: PathLike, out: PathLike, **options: Any
+) -> SafeLoraResult:
+    """:func:`safelora` on a full fine-tune."""
+    return safelora(aligned, pretrained, out, finetuned=finetuned, **options)
