@@ -7,19 +7,27 @@
     check (finite, dtype = the fine-tuned tensor's) ─ shards (atomic) ─ card ─ realignkit.json
 
 *Weight* methods stream: a few tensors in memory whatever the model size, read ahead by a
-thread pool. *Layer* methods run the aligned model on the method's data block after block
-(:func:`realignkit.calib.hessian.edit_blockwise`), hand each linear layer's Hessian to the
-method, put the edited weight back into the running model (later blocks see it) and write it.
+thread pool; an optional first pass scores every weight for one global choice. A method
+declared ``adapter_form`` and given a LoRA adapter writes an adapter (same keys and config,
+new B factors) instead of a model. *Layer* methods run a model (the aligned one, or θ_F) on
+their data block after block (:func:`realignkit.calib.hessian.edit_blockwise`), hand each
+linear layer's Hessian to the method, put the edited weight back into the running model
+(later blocks see it) and write it; a setting that needs no Hessian visits the layers without
+running anything, and an optional ``prepare`` pass streams every layer first (IRR's global
+ranking).
 
-Every output carries the same metadata file, ``realignkit.json``: the method and its version,
-the realignkit version, every parameter, every input with its fingerprint, and the method's
-statistics per edited weight.
+Every output carries the same metadata file, ``realignkit.json``
+(:func:`realignkit.checkpoint.card.write_documents`): the method and its version, the
+realignkit version, every parameter, every input with its fingerprint, and the method's
+statistics per edited weight. The executor knows the contract (:mod:`realignkit.methods.base`)
+and no method: method modules stand above it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,22 +40,23 @@ from realignkit.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
     FinetunedWeights,
+    FisherScores,
+    SafetyVector,
     check_same_layout,
     ensure_finite,
-    model_card,
 )
-from realignkit.checkpoint.fingerprint import fingerprint
+from realignkit.checkpoint.card import (
+    described,
+    write_documents,
+)
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
-from realignkit.methods.base import Edit, LayerInputs, Method, WeightInputs
+from realignkit.methods.base import DATA_INPUTS, Edit, LayerInputs, Method, WeightInputs
 from realignkit.ops.selection import is_selected, parse_include, tensor_kind
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
-META_FILE = "realignkit.json"
-META_FORMAT = "realignkit-output"
-META_SCHEMA = 1
 
 
 @dataclass
@@ -63,6 +72,8 @@ class Sources:
     safety_finetune: PathLike | None = None
     safety_adapter: PathLike | None = None  # a LoRA adapter on --aligned, instead
     safety_data: PathLike | None = None
+    fisher: PathLike | None = None  # a folder from `realignkit fisher`
+    calibration: PathLike | None = None  # downstream-task data
     allow_pickle: bool = False
 
 
@@ -77,6 +88,7 @@ class Output:
     copied: list[str] = field(default_factory=list)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    form: str = "model"  # or "adapter": a LoRA adapter to load on the aligned model
 
 
 def sources_of(weights: FinetunedWeights) -> Sources:
@@ -97,6 +109,8 @@ _MISSING = {
     "safety_finetune": "needs --safety-model (or --safety-adapter): the aligned model "
     "fine-tuned on a small safety set (`realignkit finetune` makes it)",
     "safety_data": "needs --safety-data: harmful prompts with safe responses",
+    "fisher": "needs --fisher (from `realignkit fisher`)",
+    "calibration": "needs --calibration data",
 }
 
 
@@ -112,6 +126,8 @@ def _check_present(method: Method, sources: Sources, params: Mapping[str, Any]) 
         "safety_finetune": sources.safety_finetune is not None
         or sources.safety_adapter is not None,
         "safety_data": sources.safety_data is not None,
+        "fisher": sources.fisher is not None,
+        "calibration": sources.calibration is not None,
     }
     conditional = method.needs_when(params)
     for need in ["finetuned", *sorted(needed - {"finetuned"})]:
@@ -192,8 +208,6 @@ class _Opened:
         )
         self.safety_vector = None
         if "safety_vector" in needed:
-            from realignkit.methods.safety_vector import SafetyVector
-
             self.safety_vector = stack.enter_context(SafetyVector(sources.safety_vector))
         self.readers: dict[str, Any] = {}
         for role, what in (("aligned", "aligned model"), ("pretrained", "pre-trained model")):
@@ -213,6 +227,26 @@ class _Opened:
                 safety = FinetunedWeights(sources.safety_finetune, allow_pickle=pickle)
             safety.what = "safety fine-tune"
             self.readers["safety_finetune"] = stack.enter_context(safety)
+        self.fisher = None
+        if "fisher" in needed:
+            self.fisher = stack.enter_context(FisherScores(sources.fisher))  # type: ignore[arg-type]
+        self.fisher_names: dict[str, str] = {}  # checkpoint name → name in the Fisher scores
+
+    def weight_inputs(
+        self, name: str, theta_f: torch.Tensor, transposed: bool = False, lora: Any = None
+    ) -> WeightInputs:
+        """Every declared input of one weight, as stored (orientation, dtype), on the CPU."""
+        sv, fisher = self.safety_vector, self.fisher_names.get(name)
+        return WeightInputs(
+            name,
+            theta_f,
+            base=self.weights.get_base(name) if "base" in self._needed else None,
+            safety_vector=sv.get(name, dtype=None) if sv is not None and name in sv else None,
+            fisher=self.fisher.get(fisher) if self.fisher is not None and fisher else None,
+            transposed=transposed,
+            lora=lora,
+            **{role: reader.get(name) for role, reader in self.readers.items()},
+        )
 
     def describe(self, sources: Sources) -> dict[str, dict[str, str]]:
         """Every input's path and fingerprint, for the metadata and the card."""
@@ -221,15 +255,19 @@ class _Opened:
             paths["base"] = str(self.weights.base.dir)
         if self.safety_vector is not None:
             paths["safety_vector"] = str(self.safety_vector.dir)
+        if self.fisher is not None:
+            paths["fisher"] = str(self.fisher.dir)
         for role, reader in self.readers.items():
             if isinstance(reader, FinetunedWeights):
                 for key, value in reader.describe().items():
                     paths[f"safety_{key}" if key != "finetuned" else role] = value
             else:
                 paths[role] = str(reader.dir)
-        if sources.safety_data is not None and "safety_data" in self._needed:
-            paths["safety_data"] = str(Path(sources.safety_data).expanduser().resolve())
-        return {role: {"path": p, "fingerprint": fingerprint(p)} for role, p in paths.items()}
+        for role in DATA_INPUTS:
+            data = getattr(sources, role)
+            if data is not None and role in self._needed:
+                paths[role] = str(Path(data).expanduser().resolve())
+        return described(paths)
 
 
 def _validate_weight_inputs(opened: _Opened, names: list[str]) -> None:
@@ -244,17 +282,11 @@ def _validate_weight_inputs(opened: _Opened, names: list[str]) -> None:
                 f"the safety vector was made for a {sv.architecture}, the fine-tuned "
                 f"model is a {weights.architecture}"
             )
-        for name in names:
-            if name in sv:
-                if tuple(sv.shape(name)) != tuple(weights.shape(name)):
-                    raise RealignError(
-                        f"tensor {name!r} has shape {tuple(weights.shape(name))} in the "
-                        f"fine-tuned model but {tuple(sv.shape(name))} in the safety vector"
-                    )
-            elif not sv.is_lowrank:
-                raise RealignError(f"tensor {name!r} is missing from the safety vector {sv.dir}")
         # every tensor the safety vector edits is in θ_F, same shape, same vocabulary
         check_same_layout(sv, weights)
+        for name in names:
+            if name not in sv and not sv.is_lowrank:
+                raise RealignError(f"tensor {name!r} is missing from the safety vector {sv.dir}")
     if weights.full is not None and weights.base is not None:
         check_same_layout(weights.full, weights.base, names)
     for reader in opened.readers.values():
@@ -282,50 +314,38 @@ def _card_and_meta(
     output: Output,
     extra: Mapping[str, Any],
 ) -> None:
-    """One model card and one ``realignkit.json``, the same shape for every method."""
-    from realignkit import __version__
-
+    """The output's card and ``realignkit.json`` (:func:`write_documents`), then the method's
+    own files."""
+    if method.report is not None:
+        extra = {**extra, **method.report(params, output.stats)}
     title, body = method.card(params, output.stats) if method.card else (method.name, "")
-    kinds = sorted({tensor_kind(n, 2) for n in output.edited})
-    settings = {p.name: _plain(params[p.name]) for p in method.params}
-    settings.update({k: v for k, v in extra.items()})
-    settings["tensors edited"] = len(output.edited)
-    settings["tensors copied unchanged"] = len(output.copied)
-    settings["edited tensor kinds"] = ", ".join(kinds)
-    first = next(iter(inputs.values()), {}).get("path")
-    writer.write_card(
-        model_card(
-            method=title,
-            summary=method.summary,
-            inputs={role: value["path"] for role, value in inputs.items()},
-            params=settings,
-            body=body,
-            base_model=inputs.get("finetuned", {}).get("path") or first,
-        )
+    # an adapter is loaded on its base: the card says so, as PEFT's own cards do
+    adapter = output.form == "adapter"
+    output.meta = write_documents(
+        writer,
+        method=method.name,
+        version=method.version,
+        summary=method.summary,
+        parameters={p.name: params[p.name] for p in method.params},
+        inputs=inputs,
+        totals=extra,
+        edited=len(output.edited),
+        copied=len(output.copied),
+        weights=output.stats,
+        title=title,
+        body=body,
+        card_settings={
+            "tensors edited": len(output.edited),
+            "tensors copied unchanged": len(output.copied),
+            "edited tensor kinds": ", ".join(sorted({tensor_kind(n, 2) for n in output.edited})),
+        },
+        base_model=(inputs["base"] if adapter else inputs.get("finetuned", {})).get("path"),
+        tags=("peft", "lora") if adapter else (),
+        library_name="peft" if adapter else "transformers",
     )
-    output.meta = {
-        "format": META_FORMAT,
-        "schema": META_SCHEMA,
-        "method": method.name,
-        "method_version": method.version,
-        "realignkit_version": __version__,
-        "parameters": {k: _plain(v) for k, v in params.items()},
-        "inputs": inputs,
-        "summary": {k: _plain(v) for k, v in extra.items()},
-        "edited": len(output.edited),
-        "copied": len(output.copied),
-        "weights": output.stats,
-    }
-    writer.write_json(META_FILE, output.meta)
     if method.extra_meta is not None:
         for filename, content in method.extra_meta(params, output).items():
             writer.write_json(filename, content)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    return value
 
 
 def execute(
@@ -338,6 +358,7 @@ def execute(
     max_shard_size: str | int = "1GB",
     workers: int = 2,
     device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> Output:
     """Run ``method`` on ``sources`` with ``params`` and write the re-aligned model to ``out``.
@@ -354,7 +375,16 @@ def execute(
                 method, opened, sources, resolved, needed, out, overwrite, max_shard_size, workers
             )
         return _run_layers(
-            method, opened, sources, resolved, out, overwrite, max_shard_size, device, progress
+            method,
+            opened,
+            sources,
+            resolved,
+            out,
+            overwrite,
+            max_shard_size,
+            device,
+            dtype,
+            progress,
         )
 
 
@@ -370,6 +400,7 @@ def _run_weights(
     workers: int,
 ) -> Output:
     weights = opened.weights
+    adapter = weights.adapter if method.adapter_form else None
     # Whole tensor sets first: a weight missing from any input is named with its file before
     # anything is derived from the model's structure.
     aligned = opened.readers.get("aligned")
@@ -378,33 +409,22 @@ def _run_weights(
         for role, reader in opened.readers.items():
             if role != "aligned":
                 check_same_layout(aligned, reader)
-    orientation = linear_orientations(weights) if method.orientation else {}
-    if method.targets == "linears":
-        orientation = orientation or linear_orientations(weights)
-        selected = [n for n in weights.names if n in orientation]
+    if adapter is not None:
+        # An adapter in, an adapter out: its weights are edited through their LoRA factors.
+        selected = adapter.target_weights()
+        factors = {name: adapter.factors(name) for name in selected}
+        orientation = {name: f.transpose for name, f in factors.items()}
     else:
-        selected = [
-            n
-            for n in weights.names
-            if default_edits(n, len(weights.shape(n)), weights.dtype(n).is_floating_point, params)
-        ]
+        selected, orientation = _selected_weights(method, weights, params)
     if not selected:
         raise RealignError("no tensor of the fine-tuned model is selected for editing")
     _validate_weight_inputs(opened, selected)
-    selected_set = set(selected)
-    sv, readers = opened.safety_vector, opened.readers
     assert method.edit_weight is not None
     edit_weight = method.edit_weight
 
-    def inputs_of(name: str, theta_f: torch.Tensor) -> WeightInputs:
-        return WeightInputs(
-            name,
-            theta_f,
-            base=weights.get_base(name) if "base" in needed else None,
-            safety_vector=sv.get(name, dtype=None) if sv is not None and name in sv else None,
-            transposed=orientation.get(name, False),
-            **{role: reader.get(name) for role, reader in readers.items()},
-        )
+    def inputs_of(name: str) -> WeightInputs:
+        lora = factors[name] if adapter is not None else None
+        return opened.weight_inputs(name, weights.get(name), orientation.get(name, False), lora)
 
     scores: dict[str, float] = {}
     chosen: set[str] | None = None
@@ -412,7 +432,7 @@ def _run_weights(
         # First pass: a score per edited weight (nothing kept), then one global choice.
         scan = method.scan
         for name, score in map_ordered(
-            lambda n: scan(inputs_of(n, weights.get(n)), params),
+            lambda n: scan(inputs_of(n), params),
             selected,
             workers=workers,
             desc=f"{method.name} (scores)",
@@ -422,35 +442,75 @@ def _run_weights(
         assert method.choose is not None
         chosen = method.choose(scores, params)
 
-    def realign(name: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        theta_f = weights.get(name)
-        if name not in selected_set:
-            return theta_f, None
-        given = inputs_of(name, theta_f)
+    # output tensor → the weight it edits (None: copied); an adapter's edits are its B factors
+    if adapter is not None:
+        edits = {adapter.lora_keys(name)[1]: name for name in selected}
+        keys, read, size = adapter.keys, adapter.raw, None
+    else:
+        edits = {name: name for name in selected}
+        keys, read, size = weights.names, weights.get, weights.nbytes
+
+    def realign(key: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        stored = read(key)
+        name = edits.get(key)
+        if name is None:
+            return stored, None
+        given = (
+            inputs_of(name)
+            if adapter is not None
+            else opened.weight_inputs(name, stored, orientation.get(name, False))
+        )
         if chosen is not None:
             given.score, given.chosen = scores[name], name in chosen
         edit = edit_weight(given, params)
-        return _checked(name, edit, theta_f), edit.stats
+        return _checked(key, edit, stored), edit.stats
 
-    output = Output(Path(out), method.name, params)
-    plan = [TensorSpec(n, tuple(weights.shape(n)), weights.dtype(n)) for n in weights.names]
+    output = Output(Path(out), method.name, params, form="adapter" if adapter else "model")
     inputs = opened.describe(sources)
-    with CheckpointWriter(
-        out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
-    ) as writer:
-        for name, (tensor, stats) in map_ordered(
-            realign, weights.names, workers=workers, desc=method.name, weights=weights.nbytes
+    if adapter is not None:
+        # PEFT loads one adapter_model.safetensors: never shard it
+        writer = CheckpointWriter(
+            out, overwrite=overwrite, max_shard_size=1 << 60, weights_name="adapter_model"
+        )
+    else:
+        plan = [TensorSpec(n, tuple(weights.shape(n)), weights.dtype(n)) for n in keys]
+        writer = CheckpointWriter(
+            out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
+        )
+    with writer:
+        for key, (tensor, stats) in map_ordered(
+            realign, keys, workers=workers, desc=method.name, weights=size
         ):
-            writer.add(name, tensor)
-            if name in selected_set:
-                output.edited.append(name)
+            writer.add(key, tensor)
+            if key in edits:
+                output.edited.append(edits[key])
                 if stats:
-                    output.stats[name] = stats
+                    output.stats[edits[key]] = stats
             else:
-                output.copied.append(name)
-        writer.copy_support_files(*weights.support_dirs)
+                output.copied.append(key)
+        if adapter is not None:
+            writer.copy_support_files(adapter.dir)
+            shutil.copy2(adapter.dir / "adapter_config.json", writer.path / "adapter_config.json")
+        else:
+            writer.copy_support_files(*weights.support_dirs)
         _card_and_meta(writer, method, params, inputs, output, _summary(output))
     return output
+
+
+def _selected_weights(
+    method: Method, weights: FinetunedWeights, params: Mapping[str, Any]
+) -> tuple[list[str], dict[str, bool]]:
+    """The weights a weight method edits, and each one's orientation where it asked for it."""
+    orientation = linear_orientations(weights) if method.orientation else {}
+    if method.targets == "linears":
+        orientation = orientation or linear_orientations(weights)
+        return [n for n in weights.names if n in orientation], orientation
+    selected = [
+        n
+        for n in weights.names
+        if default_edits(n, len(weights.shape(n)), weights.dtype(n).is_floating_point, params)
+    ]
+    return selected, orientation
 
 
 def _summary(output: Output) -> dict[str, Any]:
@@ -509,27 +569,54 @@ def _run_layers(
     overwrite: bool,
     max_shard_size: str | int,
     device: str | torch.device | None,
+    dtype: torch.dtype | None,
     progress: bool,
 ) -> Output:
-    from realignkit.calib.blocks import decoder_linears
-    from realignkit.calib.hessian import edit_blockwise
-    from realignkit.modeling import default_device, default_dtype, load_causal_lm, load_tokenizer
+    from realignkit.modeling import default_device
 
-    weights, aligned = opened.weights, opened.readers["aligned"]
-    check_same_layout(weights, aligned)
+    weights, aligned = opened.weights, opened.readers.get("aligned")
+    if aligned is not None:
+        check_same_layout(weights, aligned)
     compute = torch.device(device) if device is not None else default_device()
-    # bf16 activations on accelerators (Hessians still accumulate in fp32), fp32 on the CPU
-    model = load_causal_lm(aligned.dir, dtype=default_dtype(compute), device="cpu")
-    # module name → checkpoint tensor name
-    targets = {layer.name: name for layer, name in linear_checkpoint_names(model, weights)}
-    tokenizer = load_tokenizer(aligned.dir, padding_side="right")
-    batches, tokens = safety_batches(sources.safety_data, tokenizer, params)  # type: ignore[arg-type]
-    widest = max(layer.in_features for layer in decoder_linears(model))
-    if tokens < widest:
-        raise RealignError(
-            f"safety data give {tokens} tokens, fewer than the {widest} inputs of the widest "
-            "layer: use more --num-samples or a longer --max-length"
+    runs_model = method.runs_model(params)
+    # Everything is checked on the model's skeleton before a weight is loaded or written.
+    skeleton = _skeleton(weights.support_dirs[0])
+    prefix = getattr(skeleton, "base_model_prefix", "")
+    opened.fisher_names = _fisher_names(opened.fisher, weights, prefix)
+    layers = _edited_layers(method, opened, skeleton, params)
+    _validate_weight_inputs(opened, [name for _, name in layers])
+    batches: list[dict[str, torch.Tensor]] = []
+    tokens = 0
+    if runs_model:
+        data = getattr(sources, method.data)
+        tokenizer = _tokenizer(method, opened)
+        make = method.batches or _safety_rows
+        batches = make(data, tokenizer, params, getattr(skeleton.config, "vocab_size", None))
+        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+        widest = max(layers, key=lambda pair: pair[0].in_features)
+        (method.check_tokens or _enough_tokens)(
+            tokens, (widest[1], widest[0].in_features), params, data
         )
+
+    def given(layer: Any, name: str, theta_f: torch.Tensor, hessian: Any) -> LayerInputs:
+        return LayerInputs(
+            name,
+            aligned=None
+            if aligned is None
+            else layer.to_kernel(aligned.get(name)).to(compute, torch.float32),
+            finetuned=layer.to_kernel(theta_f).to(compute, torch.float32),
+            hessian=hessian,
+            stored=opened.weight_inputs(name, theta_f, layer.transposed),
+            device=compute,
+        )
+
+    prepared = None
+    if method.prepare is not None and method.prepare_when(params):
+
+        def stream() -> Iterator[LayerInputs]:
+            return (given(ly, n, weights.get(n), None) for ly, n in layers)
+
+        prepared = method.prepare(stream, params)
     assert method.edit_layer is not None
     edit_layer = method.edit_layer
     output = Output(Path(out), method.name, params)
@@ -537,41 +624,149 @@ def _run_layers(
     writer = CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size)
     with writer:
 
-        def edit_block(_index: int, layers: list, hessians: dict[str, torch.Tensor]) -> None:
-            for layer in layers:
-                name = targets[layer.name]
-                theta_f = weights.get(name)
-                given = LayerInputs(
-                    name,
-                    aligned=layer.to_kernel(aligned.get(name)).to(compute, torch.float32),
-                    finetuned=layer.to_kernel(theta_f).to(compute, torch.float32),
-                    hessian=hessians[layer.name],
-                )
-                edit = edit_layer(given, params)
-                stored = _checked(name, Edit(layer.from_kernel(edit.tensor)), theta_f)
-                writer.add(name, stored)
-                output.edited.append(name)
-                output.stats[name] = edit.stats
-                if method.sequential:
-                    layer.set_weight(layer.to_kernel(stored))
+        def edit(layer: Any, name: str, hessian: torch.Tensor | None) -> torch.Tensor:
+            theta_f = weights.get(name)
+            inputs_of_layer = given(layer, name, theta_f, hessian)
+            inputs_of_layer.prepared = prepared
+            edit = edit_layer(inputs_of_layer, params)
+            stored = _checked(name, Edit(layer.from_kernel(edit.tensor)), theta_f)
+            writer.add(name, stored)
+            output.edited.append(name)
+            output.stats[name] = edit.stats
+            return stored
 
-        edit_blockwise(
-            model,
-            batches,
-            edit_block,
-            device=compute,
-            select=lambda layer: layer.name in targets,
-            progress=progress,
-        )
-        del model
+        if runs_model:
+            from realignkit.calib.hessian import edit_blockwise
+
+            model = _running_model(method, opened, compute, dtype)
+            by_layer = {layer.name: name for layer, name in layers}
+
+            def edit_block(_index: int, running: list, hessians: dict[str, torch.Tensor]) -> None:
+                for layer in running:
+                    stored = edit(layer, by_layer[layer.name], hessians[layer.name])
+                    if method.sequential:
+                        layer.set_weight(layer.to_kernel(stored))
+
+            edit_blockwise(
+                model,
+                batches,
+                edit_block,
+                device=compute,
+                select=lambda layer: layer.name in by_layer,
+                progress=progress,
+            )
+            del model
+        else:
+            from tqdm.auto import tqdm
+
+            for layer, name in tqdm(layers, desc=method.name, disable=not progress):
+                edit(layer, name, None)
         edited = set(output.edited)
         for name in _rest(weights.names, edited):
             writer.add(name, weights.get(name))
             output.copied.append(name)
         writer.copy_support_files(*weights.support_dirs)
-        extra = {"safety data tokens": tokens, **_summary(output)}
-        _card_and_meta(writer, method, params, inputs, output, extra)
+        extra = {f"{method.data.replace('_', ' ')} tokens": tokens} if runs_model else {}
+        _card_and_meta(writer, method, params, inputs, output, {**extra, **_summary(output)})
     return output
+
+
+def _safety_rows(data: PathLike, tokenizer: Any, params: Mapping[str, Any], _vocab: Any) -> list:
+    return safety_batches(data, tokenizer, params)[0]
+
+
+def _enough_tokens(tokens: int, widest: tuple[str, int], _params: Any, _data: Any) -> None:
+    """Fewer token positions than a layer's inputs leave its Hessian singular: refuse."""
+    if tokens < widest[1]:
+        raise RealignError(
+            f"safety data give {tokens} tokens, fewer than the {widest[1]} inputs of the widest "
+            "layer: use more --num-samples or a longer --max-length"
+        )
+
+
+def _edited_layers(
+    method: Method, opened: _Opened, skeleton: torch.nn.Module, params: Mapping[str, Any]
+) -> list[tuple[Any, str]]:
+    """The decoder-block linear layers a layer method edits, with their checkpoint names: those
+    of a declared ``modules`` parameter, and only those the Fisher scores cover when the method
+    reads them (the scores were computed for the layers they are meant to steer)."""
+    from realignkit.calib.blocks import select_modules
+
+    modules = params.get("modules")
+    found = linear_checkpoint_names(skeleton, opened.weights)
+    chosen = {id(ly) for ly in select_modules([ly for ly, _ in found], modules)}
+    layers = [(ly, name) for ly, name in found if id(ly) in chosen]
+    if opened.fisher is not None:
+        missing = [name for _, name in layers if name not in opened.fisher_names]
+        if modules and missing:
+            raise RealignError(
+                f"no Fisher scores for {missing[0]!r}; recompute them with "
+                "`realignkit fisher --modules ...` or choose other --modules"
+            )
+        layers = [(ly, name) for ly, name in layers if name in opened.fisher_names]
+    if not layers:
+        raise RealignError("no weight to edit: the Fisher scores cover none of the chosen layers")
+    return layers
+
+
+def _fisher_names(
+    fisher: FisherScores | None, weights: FinetunedWeights, prefix: str
+) -> dict[str, str]:
+    """Checkpoint name → Fisher tensor name, every Fisher tensor checked against θ_F."""
+    if fisher is None:
+        return {}
+    found = {}
+    for fname in fisher.names:
+        name = checkpoint_name(fname, weights, prefix)
+        if name is None:
+            raise RealignError(
+                f"the Fisher scores hold tensor {fname!r}, which the fine-tuned model does "
+                f"not have: they were computed for another model ({fisher.architecture})"
+            )
+        if tuple(fisher.shape(fname)) != tuple(weights.shape(name)):
+            raise RealignError(
+                f"tensor {fname!r} has shape {tuple(fisher.shape(fname))} in the Fisher "
+                f"scores but {tuple(weights.shape(name))} in the fine-tuned model"
+            )
+        found[name] = fname
+    return found
+
+
+def _tokenizer(method: Method, opened: _Opened) -> Any:
+    """The running model's tokenizer (an adapter's own tokens included), padding right."""
+    from realignkit.modeling import load_tokenizer
+
+    weights = opened.weights
+    if method.runs == "aligned":
+        return load_tokenizer(opened.readers["aligned"].dir, padding_side="right")
+    adapter = weights.adapter.dir if weights.adapter is not None else None
+    return load_tokenizer(weights.support_dirs[0], adapter=adapter, padding_side="right")
+
+
+def _running_model(
+    method: Method, opened: _Opened, compute: torch.device, dtype: torch.dtype | None
+) -> torch.nn.Module:
+    """The model a layer method runs, on the CPU (blocks visit ``compute`` one at a time):
+    the aligned model, or θ_F (an adapter's θ_B + scale·B·A put into every adapted tensor).
+    Activations in bf16 on accelerators (Hessians still accumulate in fp32), fp32 on the CPU."""
+    from realignkit.modeling import default_dtype, load_causal_lm
+
+    weights = opened.weights
+    dtype = dtype or default_dtype(compute)
+    if method.runs == "aligned":
+        return load_causal_lm(opened.readers["aligned"].dir, dtype=dtype, device="cpu")
+    model = load_causal_lm(
+        weights.support_dirs[0], dtype=dtype, device="cpu", allow_pickle=weights.allow_pickle
+    )
+    if weights.adapter is not None:
+        prefix = getattr(model, "base_model_prefix", "")
+        adapted = set(weights.adapter.target_weights()) | set(weights.adapter.full_tensors())
+        for param_name, param in model.named_parameters():
+            name = checkpoint_name(param_name, adapted, prefix)
+            if name is not None:
+                with torch.no_grad():
+                    param.copy_(weights.get(name).to(param.dtype))
+    return model
 
 
 def _rest(names: list[str], done: set[str]) -> Iterator[str]:

@@ -74,12 +74,9 @@ MODEL_KEYS = (
 DATA_KEYS = ("harmful", "calibration")
 BASELINES = ("finetuned", "aligned")
 EVAL_SET_BY_SWEEP = ("model", "adapter", "out_dir", "name", "cache_dir")
-# What the hand-written recipes need beyond the aligned and fine-tuned models (checked up
+# What hand-written recipes need beyond the aligned and fine-tuned models (checked up
 # front); declared methods say it themselves (methods/base.py).
-NEEDS: dict[str, tuple[str, ...]] = {
-    "irr": ("safety_vector",),
-    "safelora": ("pretrained",),
-}
+NEEDS: dict[str, tuple[str, ...]] = {}
 # A declared input → the sweep config keys that provide it (any one of them).
 INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "finetuned": ("finetuned", "adapter"),
@@ -89,6 +86,8 @@ INPUT_KEYS: dict[str, tuple[str, ...]] = {
     "pretrained": ("pretrained",),
     "safety_finetune": ("safety_model",),
     "safety_data": ("harmful",),
+    "fisher": ("harmful",),  # the registry computes the Fisher scores from the harmful data
+    "calibration": ("calibration",),
 }
 
 

@@ -31,14 +31,15 @@ from tqdm.auto import tqdm
 from realignkit import __version__
 from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
 from realignkit.calib.text import IGNORE, Encoded, encode_chat, make_batches, pad_batch, pad_id_of
+from realignkit.checkpoint.artifact import FISHER_FILE, FISHER_FORMAT
+from realignkit.checkpoint.artifact import FisherScores as FisherScores  # its reader, here too
 from realignkit.errors import RealignError
 from realignkit.modeling import input_device
 
 log = logging.getLogger(__name__)
 
 FISHER_MODES = ("per-sample", "per-batch")
-META_FILE = "fisher.json"
-FORMAT = "realignkit-fisher"
+META_FILE, FORMAT = FISHER_FILE, FISHER_FORMAT
 PathLike = str | os.PathLike[str]
 
 
@@ -249,7 +250,8 @@ def compute_fisher(
     max_memory: str | dict[str, Any] | None = None,
 ) -> Path:
     """`realignkit fisher`: score the aligned model ``model`` on ``harmful`` and write ``out``."""
-    from realignkit.checkpoint import CheckpointWriter, model_card
+    from realignkit.checkpoint import CheckpointWriter
+    from realignkit.checkpoint.card import described, write_documents
     from realignkit.modeling import load_causal_lm, load_tokenizer
 
     if mode not in FISHER_MODES:
@@ -339,72 +341,21 @@ def compute_fisher(
             pairs = zip(prompts, responses, strict=True)
             lines = [json.dumps({"prompt": p, "response": r}) for p, r in pairs]
             (writer.path / "responses.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        writer.write_card(
-            model_card(
-                method="fisher",
-                summary="Diagonal Fisher safety-importance scores for `realignkit irr`. "
-                "Not a model: it holds one fp32 score per weight of the edited layers.",
-                inputs={"model": str(model_dir), "harmful data": str(harmful)},
-                params={
-                    k: meta[k]
-                    for k in (
-                        "mode",
-                        "batch_size",
-                        "samples",
-                        "response_tokens",
-                        "max_length",
-                        "generated_responses",
-                        "modules",
-                    )
-                },
-            )
+        counts = ("samples", "response_tokens")
+        write_documents(
+            writer,
+            method="fisher",
+            version=1,
+            summary="Diagonal Fisher safety-importance scores for `realignkit irr`. "
+            "Not a model: it holds one fp32 score per weight of the edited layers.",
+            parameters={
+                k: meta[k]
+                for k in ("mode", "batch_size", "max_length", "generated_responses", "modules")
+            },
+            inputs=described({"model": model_dir, "harmful data": harmful}),
+            totals={k: meta[k] for k in counts},
+            edited=len(scores),
+            copied=0,
+            weights={name: {"shape": shape} for name, shape in meta["tensors"].items()},
         )
     return Path(out)
-
-
-class FisherScores:
-    """A folder written by :func:`compute_fisher`, read one tensor at a time."""
-
-    what = "Fisher scores"
-
-    def __init__(self, path: PathLike) -> None:
-        from realignkit.checkpoint import CheckpointReader
-
-        folder = Path(path).expanduser()
-        meta_path = folder / META_FILE
-        if not meta_path.is_file():
-            raise RealignError(
-                f"{str(folder)!r} is not a Fisher folder (no {META_FILE}); "
-                "make one with `realignkit fisher`"
-            )
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        if self.meta.get("format") != FORMAT:
-            raise RealignError(f"{meta_path}: not realignkit Fisher scores")
-        self.dir = folder
-        self._reader = CheckpointReader(folder, what="Fisher scores")
-        self.names: list[str] = list(self.meta["tensors"])
-
-    @property
-    def architecture(self) -> str:
-        return str(self.meta.get("architecture", "unknown"))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.meta["tensors"]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if name not in self:
-            raise RealignError(f"tensor {name!r} has no Fisher scores in {self.dir}")
-        return tuple(self.meta["tensors"][name])
-
-    def get(self, name: str) -> torch.Tensor:
-        self.shape(name)
-        return self._reader.get(name).float()
-
-    def close(self) -> None:
-        self._reader.close()
-
-    def __enter__(self) -> FisherScores:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

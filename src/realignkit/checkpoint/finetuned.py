@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from realignkit.checkpoint.adapter import LoraAdapter
+from realignkit.checkpoint.artifact import TensorSource
 from realignkit.checkpoint.reader import CheckpointReader, ensure_finite
 from realignkit.errors import RealignError
 
@@ -133,8 +134,8 @@ def where(source: Any) -> str:
 
 
 def check_same_layout(
-    a: Any,
-    b: Any,
+    a: TensorSource,
+    b: TensorSource,
     names: list[str] | None = None,
     *,
     same_set: bool = False,
@@ -144,8 +145,8 @@ def check_same_layout(
     tensor of ``b`` absent from ``a``. Otherwise a one-line error naming the first offending
     tensor and the file it was expected in.
 
-    ``a`` and ``b`` are anything with ``names``, ``shape``, ``in``, ``architecture``, ``what``
-    and ``dir``: checkpoints, :class:`FinetunedWeights`, safety vectors, Fisher scores.
+    ``a`` and ``b`` are any :class:`~realignkit.checkpoint.artifact.TensorSource`: checkpoints,
+    :class:`FinetunedWeights`, safety vectors, Fisher scores.
     """
     if a.architecture != b.architecture and "unknown" not in (a.architecture, b.architecture):
         raise RealignError(

@@ -275,11 +275,9 @@ def irr_cmd(
     max_shard_size: ShardSize = "1GB",
 ) -> None:
     """IRR: identify unsafe delta entries, reset them to the base model, recalibrate the rest."""
-    from realignkit.calib.fisher import FisherScores
     from realignkit.checkpoint import FinetunedWeights
     from realignkit.errors import RealignError
     from realignkit.methods.irr import TRUE_SEQUENTIAL_MODULES, IRRSettings, irr
-    from realignkit.methods.safety_vector import SafetyVector
     from realignkit.modeling import parse_dtype
 
     if rho is not None and sparsity is not None:
@@ -329,23 +327,18 @@ def irr_cmd(
     settings.check()
     if base is None:
         raise RealignError("IRR needs --base, the model the fine-tune started from")
-    fisher_scores = FisherScores(fisher) if fisher is not None else None
-    try:
-        weights = FinetunedWeights(finetuned, base=base, adapter=adapter, allow_pickle=allow_pickle)
-        with weights as ft, SafetyVector(safety_vector) as sv:
-            result = irr(
-                ft,
-                sv,
-                out,
-                fisher=fisher_scores,
-                calibration=calibration,
-                settings=settings,
-                overwrite=overwrite,
-                max_shard_size=max_shard_size,
-            )
-    finally:
-        if fisher_scores is not None:
-            fisher_scores.close()
+    weights = FinetunedWeights(finetuned, base=base, adapter=adapter, allow_pickle=allow_pickle)
+    with weights:
+        result = irr(
+            weights,
+            safety_vector,
+            out,
+            fisher=fisher,
+            calibration=calibration,
+            settings=settings,
+            overwrite=overwrite,
+            max_shard_size=max_shard_size,
+        )
     typer.echo(
         f"IRR model written to {result.path} "
         f"({result.removed} entries removed in {len(result.layers)} layers)"

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from realignkit.checkpoint.adapter import LoraFactors
 from realignkit.errors import RealignError
 
 # What a method may ask the executor for. Values are what the user gives on the CLI.
@@ -37,7 +38,11 @@ INPUTS: dict[str, str] = {
     "pretrained": "the pre-trained model the aligned one was aligned from (--pretrained)",
     "safety_finetune": "the aligned model fine-tuned on a small safety set (--safety-model)",
     "safety_data": "harmful prompts with safe responses (--safety-data)",
+    "fisher": "diagonal Fisher scores of the aligned model (--fisher, from `realignkit fisher`)",
+    "calibration": "downstream-task prompts (+ responses) the model is run on (--calibration)",
 }
+# What a layer method's model is run on, block after block: the data input it reads.
+DATA_INPUTS = ("safety_data", "calibration")
 KINDS = ("weight", "layer")
 
 
@@ -130,7 +135,7 @@ class Param:
             return number
         text = str(value)
         if self.choices and text not in self.choices:
-            raise wrong
+            raise RealignError(f"unknown {label} {value!r}; {label} must be {self.range_text()}")
         return text
 
 
@@ -149,7 +154,11 @@ class WeightInputs:
     aligned: torch.Tensor | None = None
     pretrained: torch.Tensor | None = None
     safety_finetune: torch.Tensor | None = None
+    fisher: torch.Tensor | None = None  # float32
     transposed: bool = False
+    # an ``adapter_form`` method given a LoRA adapter: this weight's factors (the edit is the
+    # new B factor, in B's shape)
+    lora: LoraFactors | None = None
     # methods with a first pass (``scan``/``choose``): this weight's score and the verdict
     score: float | None = None
     chosen: bool | None = None
@@ -157,16 +166,25 @@ class WeightInputs:
 
 @dataclass
 class LayerInputs:
-    """One linear layer for a *layer* method, in ``(out, in)`` orientation, float32.
+    """One linear layer for a *layer* method, in ``(out, in)`` orientation, float32, on the
+    compute device.
 
     ``hessian`` is ``(2/n) Σ x xᵀ`` of the layer's inputs on the method's data, as the model
-    run by the executor (the aligned model, with earlier blocks already edited) saw them.
+    run by the executor (the aligned or the fine-tuned one, with earlier blocks already edited
+    when the method is ``sequential``) saw them; None when this setting runs no model
+    (``runs_model``). ``aligned`` is None for methods that do not read the aligned model.
+    ``stored`` holds every declared input of this weight as a weight method sees it (the
+    checkpoint's orientation and dtype, on the CPU), for methods whose results must equal
+    stored values bit for bit. ``prepared`` is what the method's ``prepare`` pass returned.
     """
 
     name: str
-    aligned: torch.Tensor
+    aligned: torch.Tensor | None
     finetuned: torch.Tensor
-    hessian: torch.Tensor
+    hessian: torch.Tensor | None
+    stored: WeightInputs | None = None
+    device: torch.device | None = None
+    prepared: Any = None
 
 
 @dataclass
@@ -234,6 +252,8 @@ class Method:
     scan_when: Callable[[Mapping[str, Any]], bool] = lambda _params: True
     extra_meta: Callable[[Mapping[str, Any], Any], dict[str, Any]] | None = None
     targets: str = "block_weights"  # or "linears": the decoder blocks' linear layers only
+    # given --adapter, write an adapter (same keys and config, new B factors) instead of a model
+    adapter_form: bool = False
     recipe: bool = True  # a registry recipe (the sweep, the demo)
     orientation: bool = False
     sequential: bool = True  # layer methods: later blocks see the edited earlier blocks
@@ -242,6 +262,27 @@ class Method:
     sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
     sweep_grid: Mapping[str, Any] = field(default_factory=dict)  # the demo's default grid
     memory: Memory | None = None  # working memory per edited entry (``realignkit plan``)
+    # -- layer methods: which model runs on which data, and what a first pass prepares --------
+    runs: str = "aligned"  # the model run for the Hessians: "aligned" or "finetuned"
+    runs_model: Callable[[Mapping[str, Any]], bool] = lambda _params: True
+    data: str = "safety_data"  # the data input the model is run on (DATA_INPUTS)
+    # (data path, tokenizer, params, vocabulary size) → token batches; default: safety rows
+    batches: Callable[[Any, Any, Mapping[str, Any], int | None], list[dict]] | None = None
+    # (token positions, (name, inputs) of the widest edited layer, params, data path) → None
+    # or an error; default: refuse fewer positions than the widest layer has inputs
+    check_tokens: Callable[[int, tuple[str, int], Mapping[str, Any], Any], None] | None = None
+    # (a function streaming every edited layer's LayerInputs without Hessians, params) →
+    # anything the edits need to see first (``LayerInputs.prepared``: a global ranking)
+    prepare: Callable[[Callable[[], Any], Mapping[str, Any]], Any] | None = None
+    prepare_when: Callable[[Mapping[str, Any]], bool] = lambda _params: True
+    # -- every kind -----------------------------------------------------------------------------
+    # values → values with a preset's defaults filled in (IRR's ``official``), before resolve
+    presets: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    # (params, per-weight statistics) → totals for the card, the metadata and recipe info
+    report: Callable[[Mapping[str, Any], Mapping[str, dict]], dict[str, Any]] | None = None
+    # (a registry job, params, output folder) → inputs the registry derives for this method
+    # (IRR: the Fisher scores of the aligned model on the job's harmful prompts)
+    job_inputs: Callable[[Any, Mapping[str, Any], Any], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -251,6 +292,8 @@ class Method:
             raise ValueError(f"method {self.name!r} needs unknown inputs {sorted(unknown)}")
         if (self.edit_weight is None) == (self.edit_layer is None):
             raise ValueError("a method has exactly one of edit_weight and edit_layer")
+        if self.runs not in ("aligned", "finetuned") or self.data not in DATA_INPUTS:
+            raise ValueError(f"method {self.name!r}: runs {self.runs!r} on {self.data!r}?")
 
     @property
     def param_names(self) -> list[str]:
@@ -275,6 +318,8 @@ class Method:
         """
         prefix = f"{where}{self.name}." if where is not None else None
         known = {p.name: p for p in self.params}
+        if self.presets is not None:
+            values = self.presets(values)
         for key in values:
             if key not in known:
                 lead = f"{where}" if where else ""

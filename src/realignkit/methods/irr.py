@@ -32,26 +32,23 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
-from realignkit.calib.fisher import FisherScores
-from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, check_same_layout, model_card
+from realignkit.calib.fisher import FISHER_MODES
+from realignkit.checkpoint import FinetunedWeights, FisherScores, SafetyVector
 from realignkit.errors import RealignError
-from realignkit.methods.registry import Realigned, RealignJob, recipe
-from realignkit.methods.safety_vector import SafetyVector
+from realignkit.methods.base import Edit, LayerInputs, Method, Param
 from realignkit.ops.masks import (
     BUDGETS,
     COUNT_ROUNDINGS,
     MASK_KINDS,
     TIES,
     GlobalCutoff,
-    check_choice,
-    check_fraction,
     global_cutoff,
     key_histogram,
     ranking_scores,
@@ -132,37 +129,26 @@ class IRRSettings:
     def is_official(self) -> bool:
         return all(getattr(self, key) == value for key, value in OFFICIAL.items())
 
+    def params(self) -> dict[str, Any]:
+        """The declared parameters (:data:`IRR`) these settings give; device and dtype are the
+        executor's."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME}
+
     def check(self) -> None:
-        check_fraction(self.rho)
-        check_choice(self.mask_selection, MASK_SELECTIONS, "--mask-selection")
-        check_choice(self.ties, TIES, "--ties")
-        check_choice(self.count_rounding, COUNT_ROUNDINGS, "--count-rounding")
-        check_choice(self.dead_columns, DEAD_COLUMNS, "--dead-columns")
-        check_choice(self.hessian_padding, HESSIAN_PADDINGS, "--hessian-padding")
-        check_choice(self.calibration_format, CALIBRATION_FORMATS, "--calibration-format")
-        check_choice(self.calibration_rows, CALIBRATION_ROWS, "--calibration-rows")
-        if self.mask_selection == "adaptive" and self.budget != "block":
-            raise RealignError(
-                f"--mask-selection adaptive chooses the mask block by block: it needs "
-                f"--budget block, not {self.budget!r}"
-            )
-        if self.ties == "later" and self.budget == "global":
-            raise RealignError("--ties later is defined for --budget block and matrix only")
-        if self.dead_columns == "zero" and self.budget == "global":
-            # The global ranking is computed before any Hessian says which inputs are dead.
-            raise RealignError("--dead-columns zero is defined for --budget block and matrix only")
-        if self.min_calibration_tokens is not None and self.min_calibration_tokens < 0:
-            raise RealignError("--min-calibration-tokens must be >= 0")
-        if self.budget not in BUDGETS:
-            raise RealignError(f"unknown --budget {self.budget!r}; use {', '.join(BUDGETS)}")
-        if self.mask not in MASK_KINDS:
-            raise RealignError(f"unknown --mask {self.mask!r}; use {', '.join(MASK_KINDS)}")
-        if not self.damping >= 0:
-            raise RealignError(f"--damping must be >= 0, got {self.damping}")
-        if self.refine_steps < 0:
-            raise RealignError(f"--refine-steps must be >= 0, got {self.refine_steps}")
-        if self.block_size < 1 or self.num_samples < 1 or self.max_length < 2:
-            raise RealignError("--block-size, --num-samples and --max-length must be positive")
+        """A one-line error for any value outside its declared range or rule."""
+        IRR.resolve(self.params())
+
+    @classmethod
+    def of(cls, params: Mapping[str, Any]) -> IRRSettings:
+        """Resolved parameters as settings (what the step functions below read)."""
+        values = {k: v for k, v in params.items() if k in _FIELDS}
+        if values.get("modules") is not None:
+            values["modules"] = list(values["modules"])
+        return cls(**values)
+
+
+RUNTIME = ("device", "dtype")  # where and in which precision the model runs: not IRR's own
+_FIELDS = {f.name for f in fields(IRRSettings)}
 
 
 @dataclass
@@ -188,15 +174,6 @@ class IRRResult:
     @property
     def removed(self) -> int:
         return sum(s.removed for s in self.layers)
-
-
-@dataclass
-class Target:
-    """One edited weight: its layer (for orientation) and its names in the input folders."""
-
-    layer: LinearLayer
-    name: str  # tensor name in the fine-tuned checkpoint (and the safety vector)
-    fisher_name: str | None = None
 
 
 # --- the three steps, on one weight in (out, in) orientation ---------------------------------
@@ -313,135 +290,96 @@ def recalibrate_adaptive(
     return kept, unsafe, seen[0]
 
 
-# --- reading the inputs of one weight ---------------------------------------------------------
+# --- one weight: identify → remove → recalibrate ------------------------------------------------
 
 
-class _Inputs:
-    """θ_F, θ_B, v and scores of one target, in (out, in) orientation, on ``device``."""
-
-    def __init__(
-        self,
-        weights: FinetunedWeights,
-        safety_vector: SafetyVector,
-        fisher: FisherScores | None,
-        settings: IRRSettings,
-    ) -> None:
-        self.weights, self.sv, self.fisher, self.settings = weights, safety_vector, fisher, settings
-
-    def load(self, target: Target, device: torch.device) -> dict[str, torch.Tensor | None]:
-        layer, name = target.layer, target.name
-        theta_f = self.weights.get(name)
-        theta_b = self.weights.get_base(name)
-        delta = layer.to_kernel(theta_f.float() - theta_b.float()).to(device)
-        safety = (
-            layer.to_kernel(self.sv.get(name)).to(device)
-            if name in self.sv
-            else None  # a low-rank safety vector that does not touch this weight: v = 0
-        )
-        fisher = None
-        if self.fisher is not None and target.fisher_name is not None:
-            fisher = layer.to_kernel(self.fisher.get(target.fisher_name)).to(device)
-        scores = ranking_scores(
-            self.settings.mask, delta=delta, fisher=fisher, seed=self.settings.seed, name=name
-        )
-        return {
-            "theta_f": theta_f,
-            "theta_b": theta_b,
-            "delta": delta,
-            "safety": safety,
-            "scores": scores,
-        }
+def _kernel(tensor: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """A stored tensor as ``(out, in)`` (GPT-2's Conv1D stores ``(in, out)``)."""
+    return tensor.t() if transposed else tensor
 
 
-# --- the method --------------------------------------------------------------------------------
+def _oriented(given: LayerInputs, settings: IRRSettings) -> tuple[torch.Tensor, ...]:
+    """δ, v (None: a low-rank safety vector that does not touch this weight, v = 0) and the
+    ranking scores of one weight, ``(out, in)`` on the compute device."""
+    stored = given.stored
+    assert stored is not None and stored.base is not None
+    flip, device = stored.transposed, given.device
+    delta = _kernel(stored.finetuned.float() - stored.base.float(), flip).to(device)
+    sv = stored.safety_vector
+    safety = None if sv is None else _kernel(sv.float(), flip).to(device)
+    fisher = None if stored.fisher is None else _kernel(stored.fisher, flip).to(device)
+    scores = ranking_scores(
+        settings.mask, delta=delta, fisher=fisher, seed=settings.seed, name=given.name
+    )
+    return delta, safety, scores
 
 
-def _skeleton(weights: FinetunedWeights) -> torch.nn.Module:
-    """The model's modules without weights (meta device): enough to find blocks and layers."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def edit_layer(given: LayerInputs, params: Mapping[str, Any]) -> Edit:
+    """IRR on one weight; with a Hessian (recalibration) or without (removal only)."""
+    settings = IRRSettings.of(params)
+    delta, safety, scores = _oriented(given, settings)
+    hessian = given.hessian
+    start = delta  # what identification and the sweep start from
+    if hessian is not None and settings.dead_columns == "zero":
+        # Inputs the calibration data never activate: δ = 0 there before anything is chosen.
+        start = delta.masked_fill(torch.diagonal(hessian).eq(0).unsqueeze(0), 0.0)
+    adaptive = hessian is not None and settings.mask_selection == "adaptive"
+    if adaptive:
+        kept, unsafe, candidates = recalibrate_adaptive(start, safety, scores, hessian, settings)
+    else:
+        unsafe, candidates = identify(start, safety, scores, settings, given.prepared)
+    stats = LayerStats(given.name, delta.numel(), candidates, int(unsafe.sum()))
+    stored = given.stored
+    assert stored is not None
+    theta_f, theta_b, flip = stored.finetuned, stored.base, stored.transposed
+    unsafe_stored = _kernel(unsafe, flip).cpu()
+    if hessian is None:
+        # Remove only, done in the stored dtype so that unsafe entries are θ_B bit for bit
+        # and all others θ_F bit for bit (θ_B + δ would round).
+        new = torch.where(unsafe_stored, theta_b, theta_f)
+    else:
+        if not adaptive:
+            kept = recalibrate(start, unsafe, hessian, settings)
+        stats.error_removed = output_error(remove(delta, unsafe) - delta, hessian)
+        stats.error_recalibrated = output_error(kept - delta, hessian)
+        recal = (theta_b.float() + _kernel(kept, flip).cpu()).to(theta_f.dtype)
+        new = torch.where(unsafe_stored, theta_b, recal)
+    # θ_B and θ_F may differ in dtype (torch.where promotes): store θ_F's dtype.
+    new = new.to(theta_f.dtype)
+    layer_stats = asdict(stats)
+    del layer_stats["name"]
+    return Edit(_kernel(new, flip), layer_stats)
 
-    folder = weights.support_dirs[0]
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise RealignError(f"cannot read the model config in {str(folder)!r}: {err}") from err
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+
+def _global_cutoff(stream: Callable[[], Iterator[LayerInputs]], params: Mapping[str, Any]) -> Any:
+    """Two streaming passes (coarse then fine histogram) find the model-wide top-R cutoff."""
+    from tqdm.auto import tqdm
+
+    settings = IRRSettings.of(params)
+
+    def candidates_and_scores(given: LayerInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        delta, safety, scores = _oriented(given, settings)
+        return candidates_of(delta, safety, settings), scores
+
+    high = torch.zeros(1 << 16, dtype=torch.long)
+    total = 0
+    for given in tqdm(stream(), desc="global ranking (1/2)"):
+        cand, scores = candidates_and_scores(given)
+        high += key_histogram(scores, cand)
+        total += int(cand.sum())
+
+    def low_histogram(high_bin: int) -> torch.Tensor:
+        low = torch.zeros(1 << 16, dtype=torch.long)
+        for given in tqdm(stream(), desc="global ranking (2/2)"):
+            cand, scores = candidates_and_scores(given)
+            low += key_histogram(scores, cand, high_bin=high_bin)
+        return low
+
+    removals = removal_count(settings.rho, total, rounding=settings.count_rounding)
+    return global_cutoff(high, low_histogram, removals)
 
 
-def _checkpoint_name(param_name: str, available: Any, base_prefix: str) -> str | None:
-    """The checkpoint's name of a model parameter (some checkpoints omit the base prefix)."""
-    if param_name in available:
-        return param_name
-    prefix = f"{base_prefix}." if base_prefix else ""
-    if prefix and param_name.startswith(prefix) and param_name[len(prefix) :] in available:
-        return param_name[len(prefix) :]
-    return None
-
-
-def plan_targets(
-    model: torch.nn.Module,
-    weights: FinetunedWeights,
-    safety_vector: SafetyVector,
-    fisher: FisherScores | None,
-    settings: IRRSettings,
-) -> list[Target]:
-    """The weights IRR edits, with every input checked against the fine-tuned model first."""
-    base_prefix = getattr(model, "base_model_prefix", "")
-    layers = select_modules(decoder_linears(model), settings.modules)
-    targets = []
-    for layer in layers:
-        name = _checkpoint_name(layer.weight_name, weights, base_prefix)
-        if name is None:
-            raise RealignError(
-                f"weight {layer.weight_name!r} of the model is missing from the fine-tuned "
-                "checkpoint"
-            )
-        targets.append(Target(layer, name))
-    by_name = {t.name: t for t in targets}
-    if fisher is not None:
-        for fname in fisher.names:
-            name = _checkpoint_name(fname, weights, base_prefix)
-            if name is None:
-                raise RealignError(
-                    f"the Fisher scores hold tensor {fname!r}, which the fine-tuned model does "
-                    f"not have: they were computed for another model ({fisher.architecture})"
-                )
-            if tuple(fisher.shape(fname)) != tuple(weights.shape(name)):
-                raise RealignError(
-                    f"tensor {fname!r} has shape {tuple(fisher.shape(fname))} in the Fisher "
-                    f"scores but {tuple(weights.shape(name))} in the fine-tuned model"
-                )
-            if name in by_name:
-                by_name[name].fisher_name = fname
-        if settings.mask == "fisher":
-            missing = [t for t in targets if t.fisher_name is None]
-            if settings.modules and missing:
-                raise RealignError(
-                    f"no Fisher scores for {missing[0].name!r}; recompute them with "
-                    "`realignkit fisher --modules ...` or choose other --modules"
-                )
-            targets = [t for t in targets if t.fisher_name is not None]
-    if not targets:
-        raise RealignError("no weight to edit: the Fisher scores cover none of the chosen layers")
-    for target in targets:
-        name = target.name
-        if name in safety_vector:
-            if tuple(safety_vector.shape(name)) != tuple(weights.shape(name)):
-                raise RealignError(
-                    f"tensor {name!r} has shape {tuple(safety_vector.shape(name))} in the safety "
-                    f"vector but {tuple(weights.shape(name))} in the fine-tuned model"
-                )
-        elif settings.use_sign and not safety_vector.is_lowrank:
-            raise RealignError(
-                f"tensor {name!r} is missing from the safety vector {safety_vector.dir}: "
-                "it was made for another model"
-            )
-        base = weights.base
-        assert base is not None
-        if name not in base or tuple(base.shape(name)) != tuple(weights.shape(name)):
-            raise RealignError(f"tensor {name!r} of the fine-tuned model does not match --base")
-    return targets
+# --- calibration data ---------------------------------------------------------------------------
 
 
 def calibration_examples(
@@ -537,21 +475,27 @@ def calibration_batches(examples: list[Any], tokenizer: Any, settings: IRRSettin
     return make_batches(examples, settings.batch_size, pad_id_of(tokenizer))
 
 
+def _batches(path: Any, tokenizer: Any, params: Mapping[str, Any], vocab: int | None) -> list:
+    settings = IRRSettings.of(params)
+    examples = calibration_examples(path, tokenizer, settings, vocab_size=vocab)
+    return calibration_batches(examples, tokenizer, settings)
+
+
 def check_calibration_size(
-    positions: int, targets: list[Target], settings: IRRSettings, source: PathLike
+    positions: int, widest: tuple[str, int], params: Mapping[str, Any], source: PathLike
 ) -> None:
     """Refuse no tokens (or fewer than an explicit ``min_calibration_tokens``); warn, with the
     numbers, when fewer positions than a layer's inputs leave its Hessian rank-deficient:
     damping keeps it invertible and the sweep runs (as the official code does)."""
-    needed = settings.min_calibration_tokens
+    needed = params["min_calibration_tokens"]
     if positions == 0 or (needed is not None and positions < needed):
         raise RealignError(
             f"calibration data {str(source)!r} give {positions} tokens, fewer than "
             f"--min-calibration-tokens {needed or 1}: use more --num-samples or a longer "
             "--max-length"
         )
-    widest = max(targets, key=lambda t: t.layer.in_features)
-    if positions < widest.layer.in_features:
+    name, inputs = widest
+    if positions < inputs:
         log.warning(
             "calibration data %s give %d token positions, fewer than the %d inputs of %s: "
             "its Hessian has rank at most %d of %d; damping (%g x mean diag H) keeps it "
@@ -559,235 +503,167 @@ def check_calibration_size(
             "longer --max-length help)",
             source,
             positions,
-            widest.layer.in_features,
-            widest.name,
+            inputs,
+            name,
             positions,
-            widest.layer.in_features,
-            settings.damping,
+            inputs,
+            params["damping"],
         )
 
 
-def _global_cutoff(
-    targets: list[Target], inputs: _Inputs, settings: IRRSettings, device: torch.device
-) -> GlobalCutoff:
-    """Two streaming passes (coarse then fine histogram) find the model-wide top-R cutoff."""
-    from tqdm.auto import tqdm
+# --- the declaration ----------------------------------------------------------------------------
 
-    def candidates_and_scores(target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-        loaded = inputs.load(target, device)
-        return candidates_of(loaded["delta"], loaded["safety"], settings), loaded["scores"]
+_D = IRRSettings()  # the defaults live in one place: the settings dataclass
+OFFICIAL_PARAM = Param(
+    "official",
+    bool,
+    False,
+    "Start from what the official IRR code computes (every behaviour below); explicit "
+    "values still win.",
+)
+PARAMS = (
+    Param(
+        "rho",
+        float,
+        _D.rho,
+        "R: fraction of sign-conflicting entries removed (the official --sparsity s is 1 - R).",
+        low=0.0,
+        high=1.0,
+        safer="higher",
+        search=(0.0, 1.0),
+    ),
+    Param("budget", str, _D.budget, "Where the top-R ranking happens.", choices=BUDGETS),
+    Param("mask", str, _D.mask, "Score that ranks candidates.", choices=MASK_KINDS),
+    Param(
+        "use_sign",
+        bool,
+        _D.use_sign,
+        "Only sign-conflicting entries are candidates.",
+        flag="--sign",
+    ),
+    Param("recalibrate", bool, _D.recalibrate, "OBS recalibration of the retained delta."),
+    Param("damping", float, _D.damping, "Damping, a fraction of mean(diag H).", low=0.0),
+    Param("block_size", int, _D.block_size, "Columns per ranking block / OBS batch.", low=1),
+    Param("refine_steps", int, _D.refine_steps, "Conjugate-gradient steps after the sweep.", low=0),
+    Param(
+        "modules",
+        str,
+        _D.modules,
+        "Linear layers to edit, e.g. q_proj, v_proj (default: all).",
+        multiple=True,
+        optional=True,
+    ),
+    Param("num_samples", int, _D.num_samples, "Calibration rows used.", low=1),
+    Param("max_length", int, _D.max_length, "Tokens per calibration row, at most.", low=2),
+    Param("batch_size", int, _D.batch_size, "Rows per forward pass.", low=1, sweepable=False),
+    Param(
+        "min_calibration_tokens",
+        int,
+        _D.min_calibration_tokens,
+        "Refuse fewer calibration tokens (default: warn below the widest layer's inputs).",
+        low=0,
+        optional=True,
+    ),
+    Param("prompt_column", str, _D.prompt_column, "Column of the prompts.", sweepable=False),
+    Param(
+        "response_column",
+        str,
+        _D.response_column,
+        "Column of the responses (default: 'response' if present).",
+        optional=True,
+        sweepable=False,
+    ),
+    Param(
+        "seed", int, _D.seed, "Seed of random masks and of the calibration sample.", sweepable=False
+    ),
+    Param(
+        "mask_selection",
+        str,
+        _D.mask_selection,
+        "fixed or adaptive (official).",
+        choices=MASK_SELECTIONS,
+    ),
+    Param("ties", str, _D.ties, "Tied entry removed at the cut.", choices=TIES),
+    Param("count_rounding", str, _D.count_rounding, "How R·n rounds.", choices=COUNT_ROUNDINGS),
+    Param("zero_is_conflict", bool, _D.zero_is_conflict, "A zero counts as a sign conflict."),
+    Param("dead_columns", str, _D.dead_columns, "Inputs with H_jj = 0.", choices=DEAD_COLUMNS),
+    Param("hessian_padding", str, _D.hessian_padding, "Padding in H.", choices=HESSIAN_PADDINGS),
+    Param(
+        "calibration_format",
+        str,
+        _D.calibration_format,
+        "How prompt rows are rendered.",
+        choices=CALIBRATION_FORMATS,
+    ),
+    Param("calibration_rows", str, _D.calibration_rows, "Which rows.", choices=CALIBRATION_ROWS),
+    Param("text_column", str, _D.text_column, "Raw text column.", optional=True, sweepable=False),
+    Param("ids_column", str, _D.ids_column, "Token id column.", sweepable=False),
+    Param("input_column", str, _D.input_column, "Official format: '{input}'.", sweepable=False),
+    OFFICIAL_PARAM,
+    Param(
+        "fisher_mode",
+        str,
+        "per-sample",
+        "Recipes: how the Fisher scores of the aligned model are computed.",
+        choices=FISHER_MODES,
+    ),
+)
 
-    high = torch.zeros(1 << 16, dtype=torch.long)
-    total = 0
-    for target in tqdm(targets, desc="global ranking (1/2)"):
-        cand, scores = candidates_and_scores(target)
-        high += key_histogram(scores, cand)
-        total += int(cand.sum())
 
-    def low_histogram(high_bin: int) -> torch.Tensor:
-        low = torch.zeros(1 << 16, dtype=torch.long)
-        for target in tqdm(targets, desc="global ranking (2/2)"):
-            cand, scores = candidates_and_scores(target)
-            low += key_histogram(scores, cand, high_bin=high_bin)
-        return low
-
-    removals = removal_count(settings.rho, total, rounding=settings.count_rounding)
-    return global_cutoff(high, low_histogram, removals)
+def _presets(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``official``: the official code's behaviour under the values given."""
+    if OFFICIAL_PARAM.check(values.get("official", False), "official"):
+        return {**OFFICIAL, **values}
+    return dict(values)
 
 
-def _load_running_model(weights: FinetunedWeights, settings: IRRSettings, device: torch.device):
-    """θ_F as a runnable model on the CPU (blocks visit ``device`` one at a time)."""
-    from realignkit.modeling import default_dtype, load_causal_lm
-
-    dtype = settings.dtype or default_dtype(device)
-    model = load_causal_lm(
-        weights.support_dirs[0], dtype=dtype, device="cpu", allow_pickle=weights.allow_pickle
-    )
-    if weights.adapter is not None:
-        # The main folder is the base: put θ_F = θ_B + scale·B·A into every adapted tensor.
-        base_prefix = getattr(model, "base_model_prefix", "")
-        params = dict(model.named_parameters())
-        adapted = list(weights.adapter.target_weights()) + list(weights.adapter.full_tensors())
-        for param_name, param in params.items():
-            name = _checkpoint_name(param_name, set(adapted), base_prefix)
-            if name is not None:
-                with torch.no_grad():
-                    param.copy_(weights.get(name).to(param.dtype))
-    return model
-
-
-def irr(
-    weights: FinetunedWeights,
-    safety_vector: SafetyVector,
-    out: PathLike,
-    *,
-    fisher: FisherScores | None = None,
-    calibration: PathLike | None = None,
-    settings: IRRSettings | None = None,
-    overwrite: bool = False,
-    max_shard_size: str | int = "1GB",
-    progress: bool = True,
-) -> IRRResult:
-    """Write the IRR re-aligned model to ``out`` (a normal model folder with a model card)."""
-    from realignkit.modeling import default_device
-
-    settings = settings or IRRSettings()
-    settings.check()
-    if weights.base is None:
-        raise RealignError("IRR needs --base, the model the fine-tune started from")
-    if settings.mask == "fisher" and fisher is None:
-        raise RealignError("--mask fisher needs --fisher (from `realignkit fisher`)")
-    if settings.recalibrate and calibration is None:
-        raise RealignError("recalibration needs --calibration data (or pass --no-recalibrate)")
-    device = torch.device(settings.device) if settings.device else default_device()
-    # Everything is checked before anything is written: a mismatch leaves no output.
-    check_same_layout(safety_vector, weights)
-    skeleton = _skeleton(weights)
-    targets = plan_targets(skeleton, weights, safety_vector, fisher, settings)
-    tokenizer = examples = batches = None
-    if settings.recalibrate:
-        from realignkit.modeling import load_tokenizer
-
-        adapter_dir = weights.adapter.dir if weights.adapter is not None else None
-        tokenizer = load_tokenizer(
-            weights.support_dirs[0], adapter=adapter_dir, padding_side="right"
+def _validate(params: Mapping[str, Any]) -> None:
+    """The rules that tie parameters together."""
+    if params["mask_selection"] == "adaptive" and params["budget"] != "block":
+        raise RealignError(
+            f"--mask-selection adaptive chooses the mask block by block: it needs "
+            f"--budget block, not {params['budget']!r}"
         )
-        vocab = getattr(skeleton.config, "vocab_size", None)
-        examples = calibration_examples(calibration, tokenizer, settings, vocab_size=vocab)  # type: ignore[arg-type]
-        batches = calibration_batches(examples, tokenizer, settings)
-        positions = sum(int(b["attention_mask"].sum()) for b in batches)
-        check_calibration_size(positions, targets, settings, calibration)  # type: ignore[arg-type]
-    inputs = _Inputs(weights, safety_vector, fisher, settings)
-    cutoff = None
-    if settings.budget == "global":
-        cutoff = _global_cutoff(targets, inputs, settings, device)
-    by_layer = {t.layer.name: t for t in targets}
-    result = IRRResult(Path(out))
-    writer = CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size)
-
-    def edit(target: Target, hessian: torch.Tensor | None) -> torch.Tensor:
-        """Identify → remove → recalibrate one weight; returns the new (out, in) weight."""
-        loaded = inputs.load(target, device)
-        delta = loaded["delta"]
-        start = delta  # what identification and the sweep start from
-        if hessian is not None and settings.dead_columns == "zero":
-            # Inputs the calibration data never activate: δ = 0 there before anything is chosen.
-            start = delta.masked_fill(torch.diagonal(hessian).eq(0).unsqueeze(0), 0.0)
-        adaptive = hessian is not None and settings.mask_selection == "adaptive"
-        if adaptive:
-            kept, unsafe, candidates = recalibrate_adaptive(
-                start, loaded["safety"], loaded["scores"], hessian, settings
-            )
-        else:
-            unsafe, candidates = identify(
-                start, loaded["safety"], loaded["scores"], settings, cutoff
-            )
-        stats = LayerStats(target.name, delta.numel(), candidates, int(unsafe.sum()))
-        theta_f, theta_b = loaded["theta_f"], loaded["theta_b"]
-        layer = target.layer
-        unsafe_stored = layer.from_kernel(unsafe).cpu()
-        if hessian is None:
-            # Remove only, done in the stored dtype so that unsafe entries are θ_B bit for bit
-            # and all others θ_F bit for bit (θ_B + δ would round).
-            new = torch.where(unsafe_stored, theta_b, theta_f)
-        else:
-            if not adaptive:
-                kept = recalibrate(start, unsafe, hessian, settings)
-            stats.error_removed = output_error(remove(delta, unsafe) - delta, hessian)
-            stats.error_recalibrated = output_error(kept - delta, hessian)
-            recal = (theta_b.float() + layer.from_kernel(kept).cpu()).to(theta_f.dtype)
-            new = torch.where(unsafe_stored, theta_b, recal)
-        # θ_B and θ_F may differ in dtype (torch.where promotes): store θ_F's dtype.
-        new = new.to(weights.dtype(target.name))
-        writer.add(target.name, new)
-        result.layers.append(stats)
-        return layer.to_kernel(new)
-
-    with writer:
-        if settings.recalibrate:
-            from realignkit.calib.hessian import edit_blockwise
-
-            model = _load_running_model(weights, settings, device)
-
-            def edit_block(index: int, layers: list[LinearLayer], hessians: dict) -> None:
-                for layer in layers:
-                    target = by_layer[layer.name]
-                    new = edit(Target(layer, target.name, target.fisher_name), hessians[layer.name])
-                    layer.set_weight(new)
-
-            edit_blockwise(
-                model,
-                batches,  # type: ignore[arg-type]
-                edit_block,
-                device=device,
-                select=lambda layer: layer.name in by_layer,
-                progress=progress,
-            )
-            del model
-        else:
-            from tqdm.auto import tqdm
-
-            for target in tqdm(targets, desc="IRR (no recalibration)", disable=not progress):
-                edit(target, None)
-        edited = {t.name for t in targets}
-        for name in weights.names:
-            if name not in edited:
-                writer.add(name, weights.get(name))
-        writer.copy_support_files(*weights.support_dirs)
-        _write_card(writer, result, weights, safety_vector, fisher, calibration, settings, batches)
-    return result
+    if params["ties"] == "later" and params["budget"] == "global":
+        raise RealignError("--ties later is defined for --budget block and matrix only")
+    if params["dead_columns"] == "zero" and params["budget"] == "global":
+        # The global ranking is computed before any Hessian says which inputs are dead.
+        raise RealignError("--dead-columns zero is defined for --budget block and matrix only")
 
 
-def _write_card(
-    writer: CheckpointWriter,
-    result: IRRResult,
-    weights: FinetunedWeights,
-    safety_vector: SafetyVector,
-    fisher: FisherScores | None,
-    calibration: PathLike | None,
-    settings: IRRSettings,
-    batches: list[dict] | None,
-) -> None:
-    entries = sum(s.entries for s in result.layers)
-    candidates = sum(s.candidates for s in result.layers)
-    params: dict[str, Any] = {
-        "rho (R)": settings.rho,
-        "official --sparsity equivalent (1 - R)": round(1 - settings.rho, 6),
-        "budget": settings.budget,
-        "mask": settings.mask,
-        "sign conflict required": settings.use_sign,
-        "recalibrate": settings.recalibrate,
-        "official preset (all of --official)": settings.is_official,
-        "mask selection": settings.mask_selection if settings.recalibrate else "fixed",
-        "ties at the cut": f"the {settings.ties} entry is removed",
-        "count rounding": settings.count_rounding,
-        "zeros count as sign conflicts": settings.zero_is_conflict,
-        "seed": settings.seed,
-        "layers edited": len(result.layers),
-        "entries removed": f"{result.removed} of {entries} "
-        f"({100 * result.removed / max(entries, 1):.3f}%); {candidates} candidates",
+def _needs_when(params: Mapping[str, Any]) -> dict[str, str]:
+    needs = {"base": "IRR needs --base, the model the fine-tune started from"}
+    if params["mask"] == "fisher":
+        needs["fisher"] = "--mask fisher needs --fisher (from `realignkit fisher`)"
+    if params["recalibrate"]:
+        needs["calibration"] = "recalibration needs --calibration data (or pass --no-recalibrate)"
+    return needs
+
+
+def _report(params: Mapping[str, Any], stats: Mapping[str, dict]) -> dict[str, Any]:
+    entries = sum(s["entries"] for s in stats.values())
+    removed = sum(s["removed"] for s in stats.values())
+    return {
+        "removed": removed,
+        "entries removed": f"{removed} of {entries} ({100 * removed / max(entries, 1):.3f}%); "
+        f"{sum(s['candidates'] for s in stats.values())} candidates",
+        "official preset (all of --official)": IRRSettings.of(params).is_official,
     }
-    if settings.recalibrate:
-        params.update(
-            {
-                "damping (of mean diag H)": settings.damping,
-                "lazy batch / ranking block (columns)": settings.block_size,
-                "refinement steps after the sweep": settings.refine_steps,
-                "dead input columns": settings.dead_columns,
-                "Hessian padding": settings.hessian_padding,
-                "calibration format": settings.calibration_format
-                if settings.text_column is None
-                else f"raw text column {settings.text_column!r}",
-                "calibration rows": settings.calibration_rows,
-                "calibration samples": sum(len(b["input_ids"]) for b in batches or []),
-                "calibration token positions in H": sum(
-                    int(b["attention_mask"].sum()) for b in batches or []
-                ),
-                "max length": settings.max_length,
-            }
-        )
-    elif settings.budget == "block":
-        params["ranking block (columns)"] = settings.block_size
+
+
+def _card(params: Mapping[str, Any], stats: Mapping[str, dict]) -> tuple[str, str]:
+    settings = IRRSettings.of(params)
+    padding = (
+        "every position of the EOS-left-padded calibration sequences"
+        if settings.hessian_padding == "left-eos"
+        else "non-padding calibration tokens"
+    )
+    adaptive = (
+        f"; each {settings.block_size}-column block's mask is chosen inside the sweep, on the "
+        "delta as the blocks to its left left it."
+        if settings.mask_selection == "adaptive"
+        else "."
+    )
     lines = [
         "## Method",
         "",
@@ -795,19 +671,8 @@ def _write_card(
         "by the chosen score inside each budget unit; the top R are reset to θ_B"
         + (
             "; the retained delta of each linear layer is then recalibrated with Optimal Brain "
-            "Surgeon updates (SparseGPT sweep, H = (2/n) Σ x xᵀ over "
-            + (
-                "every position of the EOS-left-padded calibration sequences"
-                if settings.hessian_padding == "left-eos"
-                else "non-padding calibration tokens"
-            )
-            + ", layer inputs from the already edited blocks)"
-            + (
-                f"; each {settings.block_size}-column block's mask is chosen inside the sweep, "
-                "on the delta as the blocks to its left left it."
-                if settings.mask_selection == "adaptive"
-                else "."
-            )
+            f"Surgeon updates (SparseGPT sweep, H = (2/n) Σ x xᵀ over {padding}, layer inputs "
+            f"from the already edited blocks){adaptive}"
             if settings.recalibrate
             else "; no recalibration."
         ),
@@ -819,125 +684,129 @@ def _write_card(
         "| output error recalibrated |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for s in result.layers:
-        err_r = "-" if s.error_removed is None else f"{s.error_removed:.4g}"
-        err_c = "-" if s.error_recalibrated is None else f"{s.error_recalibrated:.4g}"
+    for name, s in stats.items():
+        err_r = "-" if s["error_removed"] is None else f"{s['error_removed']:.4g}"
+        err_c = "-" if s["error_recalibrated"] is None else f"{s['error_recalibrated']:.4g}"
         lines.append(
-            f"| {s.name} | {s.entries} | {s.candidates} | {s.removed} | "
-            f"{100 * s.removed / max(s.entries, 1):.3f} | {err_r} | {err_c} |"
+            f"| {name} | {s['entries']} | {s['candidates']} | {s['removed']} | "
+            f"{100 * s['removed'] / max(s['entries'], 1):.3f} | {err_r} | {err_c} |"
         )
     lines += [
         "",
         "Output errors are mean squared changes of the layer output per calibration token "
         "relative to the fine-tuned layer, on the inputs the layer saw during recalibration.",
     ]
-    inputs: dict[str, Any] = dict(weights.describe())
-    if weights.full is not None and weights.base is not None:
-        inputs["base"] = str(weights.base.dir)
-    inputs["safety_vector"] = str(safety_vector.dir)
-    if fisher is not None:
-        inputs["fisher"] = str(fisher.dir)
-    if calibration is not None and settings.recalibrate:
-        inputs["calibration"] = str(calibration)
-    writer.write_card(
-        model_card(
-            method="IRR",
-            summary="A fine-tuned model re-aligned for safety by IRR: unsafe delta parameters "
-            "identified, removed and the rest recalibrated.",
-            inputs=inputs,
-            params=params,
-            body="\n".join(lines),
-            base_model=inputs.get("finetuned") or inputs.get("base"),
-        )
-    )
-    settings_json = {k: v for k, v in asdict(settings).items() if k != "dtype"}
-    settings_json["dtype"] = str(settings.dtype) if settings.dtype else None
-    writer.write_json(
-        META_FILE,
-        {
-            "method": "irr",
-            "inputs": inputs,
-            "settings": settings_json,
-            "layers": [asdict(s) for s in result.layers],
-        },
-    )
+    return "IRR", "\n".join(lines)
 
 
-# --- registry recipe ---------------------------------------------------------------------------
+def _layers(stats: Mapping[str, dict]) -> list[LayerStats]:
+    return [LayerStats(name, **s) for name, s in stats.items()]
 
 
-@recipe("irr")
-def irr_recipe(job: RealignJob, out: Path) -> Realigned:
-    """IRR with Fisher scores of the aligned model on ``job.harmful`` (cached in workdir).
+def _irr_json(params: Mapping[str, Any], output: Any) -> dict[str, Any]:
+    """``irr.json``: IRR's settings and per-layer statistics (read by earlier tooling)."""
+    inputs = {role: value["path"] for role, value in output.meta["inputs"].items()}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    layers = [asdict(s) for s in _layers(output.stats)]
+    return {META_FILE: {"method": "irr", "inputs": inputs, "settings": settings, "layers": layers}}
 
-    ``params``: rho (0.5), budget, mask, use_sign, recalibrate, fisher_mode ("per-sample"),
-    num_samples, max_length, ``official`` (start from :data:`OFFICIAL`) and any of its keys
-    (mask_selection, ties, count_rounding, zero_is_conflict, dead_columns, hessian_padding,
-    calibration_format, calibration_rows). Safe responses are generated by the aligned model
-    when the harmful data hold none.
-    """
+
+def _job_inputs(job: Any, params: Mapping[str, Any], out: Any) -> dict[str, Any]:
+    """Registry runs: the aligned model's Fisher scores on the job's harmful prompts (cached
+    in the job's workdir); safe responses are generated when the data hold none."""
+    if params["mask"] != "fisher":
+        return {}
     from realignkit.calib.fisher import compute_fisher
     from realignkit.data import read_rows
 
-    params = dict(job.params)
-    start = IRRSettings.official() if bool(params.get("official", False)) else IRRSettings()
-    choices = {key: params[key] for key in OFFICIAL if key in params and key != "max_length"}
-    settings = replace(
-        start,
-        rho=float(params.get("rho", 0.5)),
-        budget=str(params.get("budget", "block")),
-        mask=str(params.get("mask", "fisher")),
-        use_sign=bool(params.get("use_sign", True)),
-        recalibrate=bool(params.get("recalibrate", True)),
-        num_samples=int(params.get("num_samples", 128)),
-        max_length=int(params.get("max_length", start.max_length)),
-        seed=job.seed,
-        **choices,
-    )
-    fisher_dir = None
-    if settings.mask == "fisher":
-        if job.harmful is None:
-            raise RealignError("the irr recipe needs harmful prompts for the Fisher scores")
-        mode = str(params.get("fisher_mode", "per-sample"))
-        workdir = Path(job.workdir) if job.workdir else out.parent
-        fisher_dir = workdir / f"fisher-{mode}-{job.seed}-{settings.num_samples}"
-        if not (fisher_dir / "fisher.json").exists():
-            compute_fisher(
-                job.aligned,
-                job.harmful,
-                fisher_dir,
-                mode=mode,
-                generate="response" not in read_rows(job.harmful)[0],
-                num_samples=settings.num_samples,
-                max_length=settings.max_length,
-                seed=job.seed,
-                overwrite=True,
-            )
-    if job.adapter is not None:
-        weights = FinetunedWeights(base=job.aligned, adapter=job.adapter)
+    if job.harmful is None:
+        raise RealignError("the irr recipe needs harmful prompts for the Fisher scores")
+    mode = params["fisher_mode"]
+    workdir = Path(job.workdir) if job.workdir else Path(out).parent
+    folder = workdir / f"fisher-{mode}-{params['seed']}-{params['num_samples']}"
+    if not (folder / FisherScores.index_file).exists():
+        compute_fisher(
+            job.aligned,
+            job.harmful,
+            folder,
+            mode=mode,
+            generate="response" not in read_rows(job.harmful)[0],
+            num_samples=params["num_samples"],
+            max_length=params["max_length"],
+            seed=params["seed"],
+            overwrite=True,
+        )
+    return {"fisher": folder}
+
+
+IRR = Method(
+    name="irr",
+    version=1,
+    summary="A fine-tuned model re-aligned for safety by IRR: unsafe delta parameters "
+    "identified, removed and the rest recalibrated.",
+    kind="layer",
+    params=PARAMS,
+    needs=frozenset({"finetuned", "base", "safety_vector"}),
+    edit_layer=edit_layer,
+    needs_when=_needs_when,
+    validate=_validate,
+    presets=_presets,
+    card=_card,
+    report=_report,
+    extra_meta=_irr_json,
+    runs="finetuned",
+    runs_model=lambda params: bool(params["recalibrate"]),
+    data="calibration",
+    batches=_batches,
+    check_tokens=check_calibration_size,
+    prepare=_global_cutoff,
+    prepare_when=lambda params: params["budget"] == "global",
+    job_inputs=_job_inputs,
+    cli=False,  # `realignkit irr` keeps its own options (--sparsity, --official, ...)
+    sweep_grid={"rho": [0.3, 0.5, 1.0]},
+)
+
+
+# --- the Python call ----------------------------------------------------------------------------
+
+
+def irr(
+    weights: FinetunedWeights | PathLike,
+    safety_vector: SafetyVector | PathLike,
+    out: PathLike,
+    *,
+    fisher: FisherScores | PathLike | None = None,
+    calibration: PathLike | None = None,
+    settings: IRRSettings | None = None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "1GB",
+    progress: bool = True,
+) -> IRRResult:
+    """Write the IRR re-aligned model to ``out`` (a normal model folder with a model card).
+
+    ``weights`` are opened fine-tuned weights (their base is θ_B) or a fine-tuned folder;
+    the executor (:mod:`realignkit.execute`) does the reading, checking and writing.
+    """
+    from realignkit.execute import Sources, execute, sources_of
+
+    settings = settings or IRRSettings()
+    if isinstance(weights, FinetunedWeights):
+        sources = sources_of(weights)
+        sources.allow_pickle = weights.allow_pickle
     else:
-        weights = FinetunedWeights(job.finetuned, base=job.aligned)
-    fisher = FisherScores(fisher_dir) if fisher_dir is not None else None
-    try:
-        with weights, SafetyVector(job.safety_vector) as sv:
-            result = irr(
-                weights,
-                sv,
-                out,
-                fisher=fisher,
-                calibration=job.calibration,
-                settings=settings,
-                overwrite=job.overwrite,
-            )
-    finally:
-        if fisher is not None:
-            fisher.close()
-    return Realigned(
-        model=out,
-        info={
-            "rho": settings.rho,
-            "removed": result.removed,
-            "budget": settings.budget,
-            "mask_selection": settings.mask_selection,
-        },
+        sources = Sources(finetuned=weights)
+    sources.safety_vector = getattr(safety_vector, "dir", safety_vector)
+    sources.fisher = getattr(fisher, "dir", fisher)
+    sources.calibration = calibration
+    output = execute(
+        IRR,
+        sources,
+        out,
+        settings.params(),
+        overwrite=overwrite,
+        max_shard_size=max_shard_size,
+        device=settings.device,
+        dtype=settings.dtype,
+        progress=progress,
     )
+    return IRRResult(output.path, _layers(output.stats))

@@ -3,19 +3,19 @@
 The demo, the sweep and the real-model benchmark run "every method present" through this
 registry. Every module of ``realignkit.methods`` is imported by :func:`load_all`, so a new
 method is one new module: a module-level :class:`~realignkit.methods.base.Method`
-declaration becomes a recipe (run by :mod:`realignkit.execute`) and a CLI command by itself;
-methods not yet on the contract register a hand-written recipe:
+declaration becomes a recipe (run by :mod:`realignkit.execute`) and a CLI command by itself.
+Code outside the package may still register a hand-written recipe:
 
-    @recipe("irr")
-    def _irr(job: RealignJob, out: Path) -> Realigned: ...
+    @recipe("mine")
+    def _mine(job: RealignJob, out: Path) -> Realigned: ...
 
 A recipe takes a :class:`RealignJob` (all the inputs any method may need; each uses what it
-needs) and an output folder, and returns where the re-aligned model is. ``params`` lets a
-sweep pass a method's hyper-parameters (for example ``{"gamma": 0.3}``); recipes fall back
-to the papers' defaults.
+needs, and a method may derive more from it: ``Method.job_inputs``) and an output folder, and
+returns where the re-aligned model is. ``params`` lets a sweep pass a method's
+hyper-parameters (for example ``{"gamma": 0.3}``), checked against their declarations.
 
-Layers: ``methods/base.py`` (the contract) < the method modules < ``execute.py`` < this
-registry < sweep, demo, CLI. (IRR and Safe LoRA still register hand-written recipes here.)
+Layers: ``methods/base.py`` (the contract) < ``execute.py`` < the method modules < this
+registry < sweep, demo, CLI.
 """
 
 from __future__ import annotations
@@ -95,10 +95,16 @@ def declared_recipe(method: Method) -> Recipe:
             pretrained=job.pretrained,
             safety_finetune=job.safety_model,
             safety_data=job.harmful,
+            calibration=job.calibration,
         )
+        if method.job_inputs is not None:  # inputs the method derives from the job (Fisher)
+            for role, path in method.job_inputs(job, params, out).items():
+                setattr(sources, role, path)
         output = execute(method, sources, out, params, overwrite=job.overwrite)
         info = {k: v for k, v in output.meta.get("parameters", {}).items() if v not in ((), [])}
         info.update(output.meta.get("summary", {}))
+        if output.form == "adapter":  # to be loaded on the aligned model it was trained on
+            return Realigned(model=Path(job.aligned), adapter=Path(out), info=info)
         return Realigned(model=Path(out), info=info)
 
     run.__doc__ = f"{method.name}: {method.summary}"

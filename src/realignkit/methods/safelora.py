@@ -23,27 +23,15 @@ Layers are streamed: memory holds a few weights at a time, plus the adapter itse
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping
-from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from realignkit.checkpoint import (
-    CheckpointReader,
-    CheckpointWriter,
-    LoraAdapter,
-    check_same_layout,
-    ensure_finite,
-    model_card,
-)
-from realignkit.checkpoint.stream import map_ordered
 from realignkit.errors import RealignError
 from realignkit.methods.base import Edit, Method, Param, WeightInputs
-from realignkit.methods.registry import Realigned, RealignJob, recipe
 from realignkit.ops.projection import (
     apply_alignment_projection,
     frobenius_cosine,
@@ -54,7 +42,6 @@ from realignkit.ops.projection import (
 PathLike = str | os.PathLike[str]
 META_FILE = "safelora.json"
 DEFAULT_THRESHOLD = 0.5
-ADAPTER_SHARD_BYTES = 1 << 60  # PEFT loads one adapter_model.safetensors: never shard it
 
 
 @dataclass
@@ -116,28 +103,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-class AlignmentMatrices:
-    """``V = W_A − W_P`` per weight, in (out, in) orientation, on the compute device."""
-
-    def __init__(self, aligned: CheckpointReader, pretrained: CheckpointReader, device: Any):
-        self.aligned, self.pretrained, self.device = aligned, pretrained, device
-
-    def get(self, name: str, transposed: bool) -> tuple[torch.Tensor, float]:
-        """``V`` (float32, or float64 for float64 checkpoints) and ``‖V‖_F``, or an error."""
-        w_a = self.aligned.get(name)
-        wide = torch.float64 if w_a.dtype == torch.float64 else torch.float32
-        v = w_a.to(self.device, wide) - self.pretrained.get(name).to(self.device, wide)
-        if transposed:
-            v = v.T
-        norm = float(torch.linalg.matrix_norm(v))
-        if norm == 0.0:
-            raise RealignError(
-                f"tensor {name!r} is the same in the aligned and the pre-trained model: "
-                "Safe LoRA needs what alignment changed (check --aligned and --pretrained)"
-            )
-        return v, norm
-
-
 def _layers_card(layers: list[LayerSimilarity], selection: dict[str, Any]) -> str:
     rule = (
         f"cosine ≤ {selection['threshold']}"
@@ -174,146 +139,12 @@ def _meta(result: SafeLoraResult, inputs: dict[str, str], form: str) -> dict[str
     }
 
 
-# --- LoRA adapters -----------------------------------------------------------------------------
-
-
-def safelora_adapter(
-    adapter: PathLike,
-    aligned: PathLike,
-    pretrained: PathLike,
-    out: PathLike,
-    *,
-    threshold: float | None = None,
-    num_layers: int | None = None,
-    overwrite: bool = False,
-    allow_pickle: bool = False,
-    device: str | torch.device | None = None,
-    workers: int = 2,
-) -> SafeLoraResult:
-    """Write a Safe LoRA adapter: ``B ← C·B`` in the selected layers, everything else copied."""
-    selection = check_selection(threshold, num_layers)
-    # Refuses an existing output now, before any work.
-    writer = CheckpointWriter(
-        out, overwrite=overwrite, max_shard_size=ADAPTER_SHARD_BYTES, weights_name="adapter_model"
-    )
-    lora = LoraAdapter(adapter)
-    aligned_ckpt = CheckpointReader(aligned, allow_pickle=allow_pickle, what="aligned model")
-    pretrained_ckpt = CheckpointReader(
-        pretrained, allow_pickle=allow_pickle, what="pre-trained model"
-    )
-    with closing(lora), aligned_ckpt, pretrained_ckpt:
-        targets = lora.target_weights()
-        lora.check_against(aligned_ckpt)
-        check_same_layout(aligned_ckpt, pretrained_ckpt, targets)
-        check_layer_count(selection, len(targets))
-        b_keys = {name: lora.lora_keys(name)[1] for name in targets}
-        compute = _resolve_device(device)
-        alignment = AlignmentMatrices(aligned_ckpt, pretrained_ckpt, compute)
-
-        def project(name: str) -> tuple[float, torch.Tensor]:
-            factors = lora.factors(name)
-            v, norm = alignment.get(name, transposed=factors.transpose)
-            b = factors.lora_b.to(compute, v.dtype)
-            projected_b = apply_alignment_projection(v, b, norm)
-            similarity = lowrank_cosine(projected_b, b, factors.lora_a.to(compute))
-            ensure_finite(projected_b, name, "the projected adapter")
-            return similarity, projected_b.to("cpu", factors.lora_b.dtype)
-
-        similarities, projected = [], {}
-        for name, (similarity, projected_b) in map_ordered(
-            project, targets, workers=workers, desc="Safe LoRA", weights=aligned_ckpt.nbytes
-        ):
-            similarities.append(similarity)
-            projected[name] = projected_b
-        chosen = _select(similarities, selection)
-        result = SafeLoraResult(Path(out), selection=selection)
-        replace = {}
-        for name, similarity, keep in zip(targets, similarities, chosen, strict=True):
-            result.layers.append(LayerSimilarity(name, similarity, keep))
-            if keep:
-                replace[b_keys[name]] = projected[name]
-        del projected
-        with writer:
-            for key in lora.keys:
-                writer.add(key, replace[key] if key in replace else lora.raw(key))
-            writer.copy_support_files(lora.dir)
-            shutil.copy2(lora.dir / "adapter_config.json", writer.path / "adapter_config.json")
-            inputs = {
-                "adapter": str(lora.dir),
-                "aligned": str(aligned_ckpt.dir),
-                "pretrained": str(pretrained_ckpt.dir),
-            }
-            writer.write_json(META_FILE, _meta(result, inputs, "adapter"))
-            writer.write_card(
-                model_card(
-                    method="Safe LoRA",
-                    summary="A LoRA adapter whose least aligned layers were projected onto the "
-                    "alignment subspace of its base model. Load it on the aligned model.",
-                    inputs=inputs,
-                    params=_card_params(result, lora.config),
-                    body=_layers_card(result.layers, selection),
-                    base_model=str(aligned_ckpt.dir),
-                    tags=("peft", "lora"),
-                    library_name="peft",
-                )
-            )
-    return result
-
-
-def _card_params(result: SafeLoraResult, adapter_config: dict[str, Any] | None) -> dict[str, Any]:
-    params: dict[str, Any] = dict(result.selection)
-    params["layers projected"] = f"{len(result.projected)} of {len(result.layers)}"
-    if adapter_config is not None:
-        params["LoRA r / alpha"] = (
-            f"{adapter_config.get('r')} / {adapter_config.get('lora_alpha')} "
-            "(the scale multiplies both sides of the similarity and cancels)"
-        )
-        params["fan_in_fan_out"] = bool(adapter_config.get("fan_in_fan_out", False))
-    return params
-
-
-# --- full fine-tunes ---------------------------------------------------------------------------
-
-
-def block_weights(checkpoint: CheckpointReader) -> dict[str, bool]:
-    """The decoder blocks' linear weights of a checkpoint → whether stored transposed (Conv1D).
-
-    Found from the model's own module tree (built on the meta device from its config), as IRR
-    does, so no architecture table is needed.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from realignkit.calib.blocks import decoder_linears
-
-    try:
-        config = AutoConfig.from_pretrained(checkpoint.dir)
-    except (OSError, ValueError) as err:
-        raise RealignError(
-            f"cannot read the model config in {str(checkpoint.dir)!r}: {err}"
-        ) from err
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    prefix = getattr(skeleton, "base_model_prefix", "")
-    found = {}
-    for layer in decoder_linears(skeleton):
-        name = layer.weight_name
-        if name not in checkpoint and prefix and name.startswith(prefix + "."):
-            name = name[len(prefix) + 1 :]
-        if name not in checkpoint:
-            raise RealignError(
-                f"weight {layer.weight_name!r} of the model is missing from the "
-                f"{checkpoint.what} {str(checkpoint.dir)!r}"
-            )
-        found[name] = layer.transposed
-    return found
-
-
-def _oriented_update(given: WeightInputs, compute: torch.device) -> tuple[Any, ...]:
-    """``(V, ‖V‖_F, W_A, ΔW)`` of one weight in (out, in) orientation on ``compute``."""
+def _alignment(given: WeightInputs, compute: torch.device) -> tuple[torch.Tensor, float]:
+    """``V = W_A − W_P`` of one weight in (out, in) orientation on ``compute`` (float32, or
+    float64 for float64 checkpoints) and ``‖V‖_F``, or an error when alignment left it alone."""
     assert given.aligned is not None and given.pretrained is not None
     wide = torch.float64 if given.aligned.dtype == torch.float64 else torch.float32
-    w_a = given.aligned.to(compute, wide)
-    v = w_a - given.pretrained.to(compute, wide)
+    v = given.aligned.to(compute, wide) - given.pretrained.to(compute, wide)
     if given.transposed:
         v = v.T
     norm = float(torch.linalg.matrix_norm(v))
@@ -322,27 +153,44 @@ def _oriented_update(given: WeightInputs, compute: torch.device) -> tuple[Any, .
             f"tensor {given.name!r} is the same in the aligned and the pre-trained model: "
             "Safe LoRA needs what alignment changed (check --aligned and --pretrained)"
         )
-    delta = given.finetuned.to(compute, v.dtype) - w_a
-    return v, norm, w_a, delta.T if given.transposed else delta
+    return v, norm
 
 
-def _full_similarity(given: WeightInputs, params: Mapping[str, Any]) -> float:
-    v, norm, _, delta = _oriented_update(given, _resolve_device(params["device"]))
-    return frobenius_cosine(apply_alignment_projection(v, delta, norm), delta)
-
-
-def _full_edit(given: WeightInputs, params: Mapping[str, Any]) -> Edit:
-    """``W_A + C·ΔW`` where the weight is chosen (by rank, or similarity ≤ threshold)."""
-    v, norm, w_a, delta = _oriented_update(given, _resolve_device(params["device"]))
+def _projected(given: WeightInputs, params: Mapping[str, Any]) -> tuple[torch.Tensor, float]:
+    """The projected update of one weight and its cosine with the update: ``C·B`` against
+    ``B·A`` for a LoRA adapter's factors, ``C·ΔW`` against ``ΔW = W_F − W_A`` otherwise."""
+    compute = _resolve_device(params["device"])
+    v, norm = _alignment(given, compute)
+    if given.lora is not None:
+        b = given.lora.lora_b.to(compute, v.dtype)
+        projected_b = apply_alignment_projection(v, b, norm)
+        return projected_b, lowrank_cosine(projected_b, b, given.lora.lora_a.to(compute))
+    assert given.aligned is not None
+    delta = given.finetuned.to(compute, v.dtype) - given.aligned.to(compute, v.dtype)
+    delta = delta.T if given.transposed else delta
     projected = apply_alignment_projection(v, delta, norm)
-    similarity = frobenius_cosine(projected, delta)
+    return projected, frobenius_cosine(projected, delta)
+
+
+def _similarity(given: WeightInputs, params: Mapping[str, Any]) -> float:
+    return _projected(given, params)[1]
+
+
+def _edit(given: WeightInputs, params: Mapping[str, Any]) -> Edit:
+    """Where the weight is chosen (by rank, or similarity ≤ threshold): ``B ← C·B`` for an
+    adapter, ``W_A + C·ΔW`` for a full fine-tune; the update as it was elsewhere."""
+    projected, similarity = _projected(given, params)
     chosen = given.chosen
     if chosen is None:
         chosen = similarity <= _rule(params)["threshold"]
     stats = {"similarity": similarity, "projected": bool(chosen)}
+    if given.lora is not None:
+        return Edit(projected if chosen else given.lora.lora_b, stats)
     if not chosen:
         return Edit(given.finetuned, stats)
-    return Edit(w_a + (projected.T if given.transposed else projected), stats)
+    assert given.aligned is not None
+    wide = given.aligned.to(projected.device, projected.dtype)
+    return Edit(wide + (projected.T if given.transposed else projected), stats)
 
 
 def _rule(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -355,24 +203,34 @@ def _choose(scores: Mapping[str, float], params: Mapping[str, Any]) -> set[str]:
     return {n for n, keep in zip(names, picked, strict=True) if keep}
 
 
-def _full_card(params: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[str, str]:
-    layers = [LayerSimilarity(n, s["similarity"], s["projected"]) for n, s in stats.items()]
-    return "Safe LoRA (full fine-tune)", _layers_card(layers, _rule(params))
+def _layers(stats: Mapping[str, Any]) -> list[LayerSimilarity]:
+    return [LayerSimilarity(n, s["similarity"], s["projected"]) for n, s in stats.items()]
 
 
-def _full_meta(params: Mapping[str, Any], output: Any) -> dict[str, Any]:
-    layers = [LayerSimilarity(n, s["similarity"], s["projected"]) for n, s in output.stats.items()]
-    result = SafeLoraResult(output.path, layers, _rule(params))
+def _card(params: Mapping[str, Any], stats: Mapping[str, Any]) -> tuple[str, str]:
+    return "Safe LoRA", _layers_card(_layers(stats), _rule(params))
+
+
+def _safelora_json(params: Mapping[str, Any], output: Any) -> dict[str, Any]:
+    """``safelora.json``: the rule and every layer's similarity (read by earlier tooling)."""
+    result = SafeLoraResult(output.path, _layers(output.stats), _rule(params))
     inputs = {role: value["path"] for role, value in output.meta["inputs"].items()}
-    return {META_FILE: _meta(result, inputs, "full")}
+    return {META_FILE: _meta(result, inputs, "adapter" if output.form == "adapter" else "full")}
 
 
-# Safe LoRA on a full fine-tune, on the method contract (the CLI keeps `safelora --full`).
-SAFELORA_FULL = Method(
-    name="safelora-full",
+def _report(_params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
+    projected = sum(bool(s["projected"]) for s in stats.values())
+    return {"projected": projected, "layers": len(stats)}
+
+
+# Safe LoRA: a LoRA adapter in, a projected adapter out (``adapter_form``); a full fine-tune
+# in, a model out. `realignkit safelora` keeps its own options (--full, --adapter).
+SAFELORA = Method(
+    name="safelora",
     version=1,
-    summary="A fully fine-tuned model whose least aligned weight updates were projected onto "
-    "the alignment subspace of the aligned model.",
+    summary="A fine-tune whose least aligned layer updates were projected onto the alignment "
+    "subspace of the aligned model (a LoRA adapter stays an adapter: load it on the aligned "
+    "model).",
     kind="weight",
     params=(
         Param(
@@ -390,26 +248,38 @@ SAFELORA_FULL = Method(
         Param("device", str, None, "Where the products run.", optional=True, sweepable=False),
     ),
     needs=frozenset({"finetuned", "aligned", "pretrained"}),
-    edit_weight=_full_edit,
+    edit_weight=_edit,
     orientation=True,
     targets="linears",
+    adapter_form=True,
     validate=lambda params: _rule(params) and None,
-    card=_full_card,
-    scan=_full_similarity,
+    card=_card,
+    scan=_similarity,
     scan_when=lambda params: params["num_layers"] is not None,
     choose=_choose,
-    extra_meta=_full_meta,
+    report=_report,
+    extra_meta=_safelora_json,
     cli=False,
+    sweep_grid={"threshold": [0.3, 0.5, 0.7]},
+)
+# `safelora --full`: the same method under the name its outputs have carried.
+SAFELORA_FULL = replace(
+    SAFELORA,
+    name="safelora-full",
+    summary="A fully fine-tuned model whose least aligned weight updates were projected onto "
+    "the alignment subspace of the aligned model.",
+    adapter_form=False,
     recipe=False,
 )
 
 
-def safelora_full(
-    finetuned: PathLike,
+def safelora(
     aligned: PathLike,
     pretrained: PathLike,
     out: PathLike,
     *,
+    adapter: PathLike | None = None,
+    finetuned: PathLike | None = None,
     threshold: float | None = None,
     num_layers: int | None = None,
     overwrite: bool = False,
@@ -418,7 +288,10 @@ def safelora_full(
     device: str | torch.device | None = None,
     workers: int = 2,
 ) -> SafeLoraResult:
-    """Write ``W_A + C·(W_F − W_A)`` in the selected decoder-block weights, ``W_F`` elsewhere.
+    """Safe LoRA on a LoRA ``adapter`` trained on ``aligned`` (written: an adapter, ``B ← C·B``
+    in the selected layers, every other tensor and the config copied) or on a full fine-tune
+    ``finetuned`` (written: a model, ``W_A + C·(W_F − W_A)`` in the selected decoder-block
+    weights, ``W_F`` elsewhere).
 
     Run by the executor: with a threshold, one streaming pass; with ``num_layers``, a first
     pass measures every similarity (nothing kept) and a second writes.
@@ -427,7 +300,12 @@ def safelora_full(
 
     check_selection(threshold, num_layers)
     sources = Sources(
-        finetuned=finetuned, aligned=aligned, pretrained=pretrained, allow_pickle=allow_pickle
+        finetuned=finetuned,
+        base=aligned if adapter is not None else None,
+        adapter=adapter,
+        aligned=aligned,
+        pretrained=pretrained,
+        allow_pickle=allow_pickle,
     )
     params = {
         "threshold": threshold,
@@ -435,7 +313,7 @@ def safelora_full(
         "device": None if device is None else str(device),
     }
     output = execute(
-        SAFELORA_FULL,
+        SAFELORA if adapter is not None else SAFELORA_FULL,
         sources,
         out,
         params,
@@ -443,40 +321,18 @@ def safelora_full(
         max_shard_size=max_shard_size,
         workers=workers,
     )
-    layers = [LayerSimilarity(n, s["similarity"], s["projected"]) for n, s in output.stats.items()]
-    return SafeLoraResult(output.path, layers, _rule(output.params))
+    return SafeLoraResult(output.path, _layers(output.stats), _rule(output.params))
 
 
-# --- registry recipe ---------------------------------------------------------------------------
+def safelora_adapter(
+    adapter: PathLike, aligned: PathLike, pretrained: PathLike, out: PathLike, **options: Any
+) -> SafeLoraResult:
+    """:func:`safelora` on a LoRA adapter (load the output on ``aligned``)."""
+    return safelora(aligned, pretrained, out, adapter=adapter, **options)
 
 
-@recipe("safelora")
-def safelora_recipe(job: RealignJob, out: Path) -> Realigned:
-    """Safe LoRA on ``job.adapter`` (output: a projected adapter on ``job.aligned``) or, for a
-    full fine-tune ``job.finetuned``, on its delta (output: a model folder).
-
-    ``params``: ``threshold`` (default 0.5) or ``num_layers``.
-    """
-    if job.pretrained is None:
-        raise RealignError("Safe LoRA needs the pre-trained model the aligned model came from")
-    threshold = job.params.get("threshold")
-    num_layers = job.params.get("num_layers")
-    rule = {
-        "threshold": None if threshold is None else float(threshold),
-        "num_layers": None if num_layers is None else int(num_layers),
-    }
-    if job.adapter is not None:
-        result = safelora_adapter(
-            job.adapter, job.aligned, job.pretrained, out, overwrite=job.overwrite, **rule
-        )
-        realigned = Realigned(model=Path(job.aligned), adapter=Path(out))
-    elif job.finetuned is not None:
-        result = safelora_full(
-            job.finetuned, job.aligned, job.pretrained, out, overwrite=job.overwrite, **rule
-        )
-        realigned = Realigned(model=Path(out))
-    else:
-        raise RealignError("Safe LoRA needs a LoRA adapter or a fine-tuned model")
-    realigned.info = {**result.selection, "projected": len(result.projected)}
-    realigned.info["layers"] = len(result.layers)
-    return realigned
+def safelora_full(
+    finetuned: PathLike, aligned: PathLike, pretrained: PathLike, out: PathLike, **options: Any
+) -> SafeLoraResult:
+    """:func:`safelora` on a full fine-tune."""
+    return safelora(aligned, pretrained, out, finetuned=finetuned, **options)

@@ -13,7 +13,6 @@ When the unaligned model is a LoRA adapter trained on top of the aligned model,
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,16 +26,21 @@ from realignkit.checkpoint import (
     FinetunedWeights,
     check_same_layout,
     ensure_finite,
-    model_card,
 )
+from realignkit.checkpoint.artifact import (
+    LEFT,
+    RIGHT,
+    SAFETY_VECTOR_FILE,
+    SAFETY_VECTOR_FORMAT,
+    SafetyVector,
+)
+from realignkit.checkpoint.card import described, write_documents
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
 from realignkit.ops.scratch import widened_difference
 
-META_FILE = "safety_vector.json"
-FORMAT = "realignkit-safety-vector"
-LEFT, RIGHT = "::left", "::right"
+META_FILE, FORMAT = SAFETY_VECTOR_FILE, SAFETY_VECTOR_FORMAT
 PathLike = str | os.PathLike[str]
 
 
@@ -135,94 +139,20 @@ def compute_safety_vector(
         meta["tensors"] = tensors
         w.write_json(META_FILE, meta)
         inputs = {k: meta[k] for k in ("aligned", "unaligned", "unaligned_adapter") if k in meta}
-        w.write_card(
-            model_card(
-                method="safety-vector",
-                summary="A safety vector v = θ_aligned − θ_unaligned, for `realignkit resta` "
-                "and `realignkit irr`. It is not a model: it cannot be loaded on its own.",
-                inputs=inputs,
-                params={"form": meta["form"], "dtype": meta["dtype"], "tensors": len(tensors)},
-            )
+        write_documents(
+            w,
+            method="safety-vector",
+            version=1,
+            summary="A safety vector v = θ_aligned − θ_unaligned, for `realignkit resta` "
+            "and `realignkit irr`. It is not a model: it cannot be loaded on its own.",
+            parameters={"form": meta["form"], "dtype": meta["dtype"]},
+            inputs=described(inputs),
+            totals={"tensors": len(tensors)},
+            edited=len(tensors),
+            copied=0,
+            weights=tensors,
         )
     return Path(out)
-
-
-class SafetyVector:
-    """A safety-vector folder, read one tensor at a time (dense, or expanded from low rank)."""
-
-    what = "safety vector"
-
-    def __init__(self, path: PathLike) -> None:
-        folder = Path(path).expanduser()
-        meta_path = folder / META_FILE
-        if not meta_path.is_file():
-            raise RealignError(
-                f"{str(folder)!r} is not a safety vector folder (no {META_FILE}); "
-                "make one with `realignkit safety-vector`"
-            )
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        if self.meta.get("format") != FORMAT:
-            raise RealignError(f"{meta_path}: not a realignkit safety vector")
-        self.dir = folder
-        self._reader = CheckpointReader(folder, what="safety vector")
-        self._tensors: dict[str, dict[str, Any]] = self.meta["tensors"]
-        for name, entry in self._tensors.items():  # the files hold what the metadata lists
-            for key in (name + LEFT, name + RIGHT) if entry.get("lowrank") else (name,):
-                if key not in self._reader:
-                    raise RealignError(
-                        f"tensor {key!r} of the safety vector is missing from "
-                        f"{self._reader.location!r} ({META_FILE} lists it): the folder is damaged"
-                    )
-        self.names: list[str] = list(self._tensors)
-        self.config = {
-            "architectures": [self.meta.get("architecture", "unknown")],
-            "vocab_size": self.meta.get("vocab_size"),
-        }
-
-    @property
-    def architecture(self) -> str:
-        return str(self.meta.get("architecture", "unknown"))
-
-    @property
-    def is_lowrank(self) -> bool:
-        return self.meta.get("form") == "lowrank"
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tensors
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        if name not in self._tensors:
-            raise RealignError(f"tensor {name!r} is missing from the safety vector {self.dir}")
-        return tuple(self._tensors[name]["shape"])
-
-    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, bool] | None:
-        """``(left, right, transpose)`` with ``v = left @ right`` (transposed), or None if dense."""
-        entry = self._tensors.get(name)
-        if not entry or not entry.get("lowrank"):
-            return None
-        left, right = self._reader.get(name + LEFT), self._reader.get(name + RIGHT)
-        return left, right, bool(entry.get("transpose"))
-
-    def get(self, name: str, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-        """The dense ``v`` of one tensor, in ``dtype`` (None: as stored; low rank: float32)."""
-        lowrank = self.factors(name)
-        if lowrank is None:
-            self.shape(name)  # one-line error when missing
-            v = self._reader.get(name)
-            return v if dtype is None else v.to(dtype)
-        left, right, transpose = lowrank
-        dtype = dtype or torch.float32
-        v = left.to(dtype) @ right.to(dtype)
-        return v.T.contiguous() if transpose else v
-
-    def close(self) -> None:
-        self._reader.close()
-
-    def __enter__(self) -> SafetyVector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_safety_vector(path: PathLike) -> SafetyVector:
