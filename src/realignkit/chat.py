@@ -37,6 +37,11 @@ PLAIN_TEMPLATE = "{system}User: {prompt}\nAssistant:"
 It ends at the colon, not at a space: the model writes the space as part of its first word's
 token (" Sure"), so a response is rendered as ``" " + response`` and a trained model and a
 generating one see the same tokens.
+
+Generation has always shown this text; training used to render ``"User: …\nAssistant: "``
+without BOS and Fisher/calibration ``"{prompt}\n"`` with the tokenizer's own specials, so
+statistics were taken on text the model was never evaluated on. Generation's form is the one
+kept: it is what a deployed template-less model is asked with.
 """
 
 RESPONSE_ENDS = ("template", "eos")
