@@ -2,8 +2,8 @@
 
 Layers, lowest first; a module may import its own layer and the layers below it. The executor
 knows the method contract only; the method modules (declarations, tensor functions and their
-typed Python calls) stand above it and the registry above them. Modules not listed (the demo,
-the evaluation) are not checked yet.
+typed Python calls) stand above it and the registry above them. Modules not listed (the demo)
+are not checked yet.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import realignkit
 
 PACKAGE = Path(realignkit.__file__).parent
 LAYERS = [
-    ["errors"],
-    ["ops"],
+    ["errors", "_version"],
+    ["ops", "chat"],  # pure: tensor math, and the chat format of every pass
     ["checkpoint"],
-    ["calib"],
+    ["calib", "plots", "train", "eval"],
     ["methods.base"],
     ["execute"],
     ["methods"],  # every method module

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from realignkit._version import __version__
 
 # public name -> module that defines it (CLI command in the comment)
 _EXPORTS = {

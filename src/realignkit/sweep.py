@@ -53,6 +53,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from realignkit.checkpoint.output import write_text_atomic
 from realignkit.errors import RealignError
 from realignkit.methods.registry import Realigned, RealignJob, load_all
 
@@ -406,12 +407,6 @@ def check_methods(cfg: SweepConfig, recipes: Mapping[str, Any]) -> None:
 # --- running -------------------------------------------------------------------------------------
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -463,7 +458,7 @@ def _safety_vector(cfg: SweepConfig, work: Path, needed: bool) -> Path | None:
         unaligned_adapter=cfg.models.get("unaligned_adapter"),
         overwrite=True,
     )
-    _atomic_text(record, json.dumps(stamp))
+    write_text_atomic(record, json.dumps(stamp))
     return path
 
 
@@ -522,7 +517,7 @@ def _build(
         "adapter": str(realigned.adapter) if realigned.adapter else None,
         "info": realigned.info,
     }
-    _atomic_text(record_path, json.dumps(built, indent=2, default=str) + "\n")
+    write_text_atomic(record_path, json.dumps(built, indent=2, default=str) + "\n")
     return realigned, True
 
 
@@ -661,78 +656,39 @@ def sweep_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_sweep(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
-    """Harmfulness (y) against utility (x), the front joined by a line; None: nothing to plot."""
-    import matplotlib
+    """Harmfulness (y) against utility (x) with 95 % intervals, one series per method and the
+    Pareto front joined by a line; None: nothing to plot."""
+    from realignkit.plots import Panel, Point, Series, plot_safety_utility
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def point(r: dict[str, Any]) -> Point:
+        intervals = r.get("ci95") or {}
+        ci = (intervals.get("utility"), intervals.get("harmfulness"))
+        return Point(r["id"], r["utility"], r["harmfulness"], *ci)
 
     points = [r for r in rows if r["harmfulness"] is not None and r["utility"] is not None]
     if not points:
         log.warning("no variant has both harmfulness and utility: no plot")
         return None
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     methods = sorted({r["method"] for r in points})
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    from realignkit.eval.report import draw_points_with_intervals
-
-    for method in methods:
-        mine = [r for r in points if r["method"] == method]
-        draw_points_with_intervals(  # 95 % intervals as error bars, as in every report plot
-            ax,
-            [
-                {
-                    "label": r["id"],
-                    "x": r["utility"],
-                    "y": r["harmfulness"],
-                    "x_ci": (r.get("ci95") or {}).get("utility"),
-                    "y_ci": (r.get("ci95") or {}).get("harmfulness"),
-                }
-                for r in mine
-            ],
-            fmt="s" if method == "baseline" else "o",
-            color=colours[method],
-            label=method,
-            zorder=3,
+    series = [
+        Series(
+            [point(r) for r in points if r["method"] == method],
+            name=method,
+            marker="s" if method == "baseline" else "o",
+            color=f"C{i % 10}",
         )
-    front = sorted((r for r in points if r["pareto"]), key=lambda r: r["utility"])
-    if front:
-        ax.step(
-            [r["utility"] for r in front],
-            [r["harmfulness"] for r in front],
-            where="post",
-            color="black",
-            linewidth=1.2,
-            linestyle="--",
-            label="Pareto front",
-            zorder=2,
-        )
-        ax.scatter(
-            [r["utility"] for r in front],
-            [r["harmfulness"] for r in front],
-            s=140,
-            facecolors="none",
-            edgecolors="black",
-            zorder=4,
-        )
-    ax.set_xlabel("utility (mean accuracy / pass@1) →")
-    ax.set_ylabel("harmfulness (share of harmful prompts answered) ↓")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title("Safety re-alignment sweep")
-    fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+        for i, method in enumerate(methods)
+    ]
+    front = [point(r) for r in points if r["pareto"]]
+    panel = Panel(series, front=front)
+    return plot_safety_utility(
+        panel, out_png, title="Safety re-alignment sweep", panel_size=(7.0, 5.0)
+    )
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path, Path | None]:
     """``sweep.md``, ``sweep.json`` and ``sweep.png`` in ``out`` (each replaced atomically)."""
     table_md, table_json = out / "sweep.md", out / "sweep.json"
-    _atomic_text(table_md, sweep_markdown(rows))
-    _atomic_text(table_json, json.dumps({"variants": rows}, indent=2, default=str) + "\n")
+    write_text_atomic(table_md, sweep_markdown(rows))
+    write_text_atomic(table_json, json.dumps({"variants": rows}, indent=2, default=str) + "\n")
     return table_md, table_json, plot_sweep(rows, out / "sweep.png")

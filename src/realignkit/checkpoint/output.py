@@ -10,12 +10,16 @@ command wrapper) asks :func:`check_output_location` before anything is touched:
 * the replacement is a swap: the new folder is complete before the old one goes
   (:func:`swap_into_place`), so a crash leaves either the old output or the new one.
 
+Single files (reports, tables, plots, caches) are replaced the same way, through
+:func:`atomic_file`: written beside the destination under a hidden name, renamed onto it.
+
 Inputs register themselves while they are open (:func:`track_input`), so the writer sees every
 model, adapter and safety vector the running method reads, however it was named.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -23,7 +27,7 @@ import os
 import shutil
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from realignkit.errors import RealignError
@@ -99,6 +103,29 @@ def check_replaceable(out: Path, overwrite: bool) -> None:
 def temporary_name(out: Path, kind: str = "tmp") -> Path:
     """``.NAME.tmp-PID-HEX`` beside ``out``: hidden, and the PID tells a stale one apart."""
     return out.parent / f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write; renamed onto ``path`` when the block
+    ends without error, deleted otherwise. A reader sees the old file or the new one, never
+    half of one. The temporary name keeps no suffix: a writer that infers a format from the
+    name (matplotlib) must be told it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only there when the block failed
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace ``path`` with ``text`` (UTF-8) through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def _pid_alive(pid: int) -> bool:

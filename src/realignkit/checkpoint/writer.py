@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 import torch
 from safetensors.torch import save_file
 
-from realignkit import __version__
+from realignkit._version import __version__
 from realignkit.checkpoint.output import (
     OUTPUT_MARKER,
     check_output_location,

@@ -28,7 +28,7 @@ from realignkit.cli import train as _train  # noqa: E402,F401  finetune, unalign
 from realignkit.cli import tune as _tune  # noqa: E402,F401  tune
 from realignkit.cli.app import app
 from realignkit.cli.guard import Interrupted, guard_commands
-from realignkit.errors import RealignError
+from realignkit.errors import InvalidValue, RealignError
 
 _methods.register_all()  # the declared methods' commands, before the guard wraps them
 guard_commands(app)
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=args, standalone_mode=False)
     except RealignError as err:
-        _fail(f"error: {err}", EXIT_BAD_INPUT, debug)
+        _fail(f"error: {in_cli_words(err)}", EXIT_BAD_INPUT, debug)
     except (Interrupted, KeyboardInterrupt):
         _fail(INTERRUPTED_MESSAGE, EXIT_INTERRUPTED, debug)
     except SystemExit:
@@ -93,6 +93,15 @@ def main(argv: list[str] | None = None) -> None:
         _fail(INTERRUPTED_MESSAGE, EXIT_INTERRUPTED, debug)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def in_cli_words(err: RealignError) -> str:
+    """The message as the command line says it: a value that the math refuses (``ops/`` names
+    it as the math does: ``R must be in [0, 1]``) is named by its option (``--rho``), the
+    option every declared parameter gets from its name."""
+    if isinstance(err, InvalidValue) and err.parameter:
+        return err.named("--" + err.parameter.replace("_", "-"))
+    return str(err)
 
 
 def _unexpected(err: BaseException, debug: bool) -> None:

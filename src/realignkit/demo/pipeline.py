@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from realignkit.checkpoint.output import write_text_atomic
 from realignkit.errors import RealignError
 
 log = logging.getLogger(__name__)
@@ -177,12 +178,7 @@ class WorldFiles:
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def write_world(seed: int, size: DemoSize, folder: Path) -> WorldFiles:
@@ -560,49 +556,32 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_results(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Safety against utility: harmfulness (lower is safer) versus new-skill accuracy."""
-    import matplotlib
+    """Harmfulness against new-skill accuracy (:mod:`realignkit.plots`' axes), one series per
+    kind of fine-tune; the bars are the spread (one standard deviation) over seeds."""
+    from realignkit.plots import Panel, Point, Series, plot_safety_utility
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    styles = {"full": ("o", "tab:blue"), "lora": ("s", "tab:orange"), None: ("*", "tab:gray")}
+    kinds = {
+        "full": Series([], "full fine-tune", "o", "tab:blue"),
+        "lora": Series([], "LoRA", "s", "tab:orange"),
+        "aligned": Series([], "aligned", "*", "tab:green", markersize=9),
+        None: Series([], None, "*", "tab:gray", markersize=9),
+    }
     for row in rows:
         if row["harmfulness"] is None or row["task_accuracy"] is None:
             continue
         if row["model"] in ("pretrained", "unaligned"):  # references, in the table
             continue
-        marker, color = styles[row["finetune"]]
-        if row["model"] == "aligned":
-            color = "tab:green"
-        ax.errorbar(
-            100 * row["task_accuracy"],
-            100 * row["harmfulness"],
-            xerr=100 * row.get("task_accuracy_sd", 0.0),
-            yerr=100 * row.get("harmfulness_sd", 0.0),
-            fmt=marker,
-            color=color,
-            markersize=9 if marker == "*" else 6,
-            capsize=2,
-        )
-        ax.annotate(
-            row["model"].replace("finetuned-", "ft-"),
-            (100 * row["task_accuracy"], 100 * row["harmfulness"]),
-            textcoords="offset points",
-            xytext=(5, 4),
-            fontsize=7,
-        )
-    ax.set_xlabel("new-skill accuracy (%)")
-    ax.set_ylabel("harmfulness on held-out harmful requests (%)")
-    ax.set_title("realignkit demo: safety vs. utility (blue: full fine-tune, orange: LoRA)")
-    ax.set_xlim(-5, 105)
-    ax.set_ylim(-5, 105)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        x, y = row["task_accuracy"], row["harmfulness"]
+        dx, dy = row.get("task_accuracy_sd", 0.0), row.get("harmfulness_sd", 0.0)
+        label = row["model"].replace("finetuned-", "ft-")
+        kind = "aligned" if row["model"] == "aligned" else row["finetune"]
+        kinds[kind].points.append(Point(label, x, y, (x - dx, x + dx), (y - dy, y + dy)))
+    panel = Panel(
+        list(kinds.values()),
+        x_label="new-skill accuracy →",
+        title="held-out harmful requests; bars: one sd over seeds",
+    )
+    return plot_safety_utility(panel, path, title="realignkit demo: safety vs. utility")
 
 
 @dataclass

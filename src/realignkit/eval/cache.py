@@ -19,6 +19,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from realignkit.checkpoint.output import write_text_atomic
+
 # Files of a model folder that do not change what the model generates.
 _IGNORED_SUFFIXES = (".md", ".gitattributes", ".lock")
 _CHUNK = 8 << 20
@@ -64,10 +66,7 @@ def fingerprint(folders: list[Path], memo_path: Path | None = None) -> str:
         for path, memo_key in todo:
             memo[memo_key] = _hash_file(path, bar)
     if memo_path is not None and todo:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(memo, indent=0))
-        os.replace(tmp, memo_path)
+        write_text_atomic(memo_path, json.dumps(memo, indent=0))
     digest = hashlib.sha256()
     for name, _, memo_key in entries:
         digest.update(f"{name}={memo[memo_key]}\n".encode())

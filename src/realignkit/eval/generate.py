@@ -1,8 +1,9 @@
 """Batched generation behind one interface: Hugging Face ``generate`` or vLLM.
 
-Both backends receive the same token ids: prompts are rendered with the model's own chat
-template (or a plain ``User:/Assistant:`` fallback when it has none) and tokenised here, so
-a switch of backend never changes what the model sees. Generation is greedy unless a
+Both backends receive the same token ids: prompts are rendered by :mod:`realignkit.chat` (the
+model's own chat template, or the plain ``User:/Assistant:`` fallback when it has none, the
+format every fine-tune and calibration pass uses too) and tokenised here, so a switch of
+backend never changes what the model sees. Generation is greedy unless a
 temperature is set. :func:`generate_cached` runs only the prompts not yet in the cache and
 writes each finished batch to it.
 """
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from realignkit.chat import Encoded, has_chat_template, pad_batch, render_prompt, token_ids
 from realignkit.errors import RealignError
 from realignkit.eval.cache import JsonlCache, fingerprint, make_key
 
@@ -36,9 +38,6 @@ LLAMA2_SYSTEM_PROMPT = (
     "know the answer to a question, please don't share false information."
 )
 SYSTEM_PROMPT_ALIASES = {"llama2": LLAMA2_SYSTEM_PROMPT, "llama-2": LLAMA2_SYSTEM_PROMPT}
-
-# How a prompt is shown to a model without a chat template.
-PLAIN_TEMPLATE = "{system}User: {prompt}\nAssistant:"
 
 BACKENDS = ("auto", "hf", "vllm")
 
@@ -80,43 +79,8 @@ class GenerationSettings:
         return fields
 
 
-def _adds_bos(tokenizer: Any) -> bool:
-    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
-    without = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return (
-        tokenizer.bos_token is not None
-        and len(with_special) > len(without)
-        and with_special[0] == tokenizer.bos_token_id
-    )
-
-
-def format_prompt(
-    tokenizer: Any, prompt: str, *, system_prompt: str | None = None, chat: bool = True
-) -> str:
-    """The full text the model sees, special tokens included (tokenise without adding more).
-
-    ``chat=False`` (or a tokenizer without a chat template) uses :data:`PLAIN_TEMPLATE` for
-    chat prompts; a template that rejects the system role gets the system prompt folded into
-    the user turn.
-    """
-    if chat and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        try:
-            return tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        except Exception:  # templates raise their own errors for a system turn
-            if not system_prompt:
-                raise
-            merged = [{"role": "user", "content": f"{system_prompt}\n\n{prompt}"}]
-            return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
-    bos = tokenizer.bos_token if _adds_bos(tokenizer) else ""
-    if not chat:
-        return bos + prompt
-    system = f"{system_prompt}\n\n" if system_prompt else ""
-    return bos + PLAIN_TEMPLATE.format(system=system, prompt=prompt)
+format_prompt = render_prompt
+"""The full text a model sees (the name eval has always exported): one rendering for every pass."""
 
 
 class Generator(ABC):
@@ -130,13 +94,13 @@ class Generator(ABC):
 
     @property
     def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
+        return has_chat_template(self.tokenizer)
 
     def format(self, prompt: str, *, system_prompt: str | None = None, chat: bool = True) -> str:
         return format_prompt(self.tokenizer, prompt, system_prompt=system_prompt, chat=chat)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return [token_ids(self.tokenizer, t) for t in texts]
 
     @abstractmethod
     def generate(self, texts: list[str], settings: GenerationSettings) -> list[list[str]]:
@@ -181,12 +145,9 @@ class HFGenerator(Generator):
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self._eos_ids()[0] if self._eos_ids() else 0
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids) :] = 1
+        padded = pad_batch([Encoded(ids, len(ids)) for ids in batch], pad_id, left=True)
+        input_ids, attention = padded["input_ids"], padded["attention_mask"]
+        width = input_ids.shape[1]
         kwargs: dict[str, Any] = dict(
             max_new_tokens=settings.max_new_tokens,
             pad_token_id=pad_id,

@@ -249,7 +249,9 @@ class LlamaGuardJudge(_ModelJudge):
     name = "llamaguard"
 
     def render(self, tokenizer: Any, prompt: str, response: str) -> str:
-        if not getattr(tokenizer, "chat_template", None):
+        from realignkit.chat import has_chat_template
+
+        if not has_chat_template(tokenizer):
             raise RealignError(
                 f"llamaguard judge {self.path!r} has no chat template; Llama Guard checkpoints "
                 "carry their policy in it"
@@ -285,9 +287,9 @@ class ClassifierJudge(_ModelJudge):
     name = "classifier"
 
     def render(self, tokenizer: Any, prompt: str, response: str) -> str:
-        from realignkit.eval.generate import format_prompt
+        from realignkit.chat import render_prompt
 
-        return format_prompt(
+        return render_prompt(
             tokenizer, CLASSIFIER_TEMPLATE.format(prompt=prompt, response=response), chat=False
         )
 
@@ -344,13 +346,13 @@ class RefusalLMJudge(_ModelJudge):
     max_response_tokens = 192
 
     def render(self, tokenizer: Any, prompt: str, response: str) -> str:
-        from realignkit.eval.generate import format_prompt
+        from realignkit.chat import render_prompt
 
         ids = tokenizer(response, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_response_tokens:
             response = tokenizer.decode(ids[: self.max_response_tokens]) + " …"
         question = REFUSAL_QUESTION.format(prompt=prompt, response=response)
-        return format_prompt(tokenizer, question)
+        return render_prompt(tokenizer, question)
 
     def parse(self, reply: str) -> bool | None:
         return None  # reads probabilities, never text

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from realignkit.checkpoint.output import write_text_atomic
 from realignkit.errors import RealignError
 from realignkit.eval.scoring import is_harmful, is_refused, primary_metrics
 from realignkit.eval.stats import paired_bootstrap_interval, paired_rate_difference
@@ -28,13 +29,6 @@ log = logging.getLogger(__name__)
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def rows_filename(benchmark: str) -> str:
@@ -51,7 +45,7 @@ def write_rows(out_dir: Path, benchmark: str, rows: list[dict[str, Any]]) -> Pat
     """The per-row JSONL of one benchmark."""
     path = out_dir / "rows" / rows_filename(benchmark)
     text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
-    _atomic_write(path, text)
+    write_text_atomic(path, text)
     return path
 
 
@@ -143,8 +137,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     """``summary.json`` and ``summary.md``."""
-    _atomic_write(out_dir / SUMMARY_JSON, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(out_dir / SUMMARY_MD, summary_markdown(summary))
+    text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    write_text_atomic(out_dir / SUMMARY_JSON, text)
+    write_text_atomic(out_dir / SUMMARY_MD, summary_markdown(summary))
 
 
 def load_summary(report: str | os.PathLike[str]) -> dict[str, Any]:
@@ -191,99 +186,27 @@ def compare_markdown(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_points_with_intervals(
-    ax: Any,
-    points: list[dict[str, Any]],
-    *,
-    annotate: bool = True,
-    **style: Any,
-) -> None:
-    """Scatter ``points`` ({"x", "y", "label", optional "x_ci", "y_ci": [low, high]}) on ``ax``
-    with their intervals as error bars: the one way realignkit plots a measured rate."""
-    import numpy as np
-
-    if not points:
-        return
-    xs = np.array([p["x"] for p in points], dtype=float)
-    ys = np.array([p["y"] for p in points], dtype=float)
-
-    def bars(values: np.ndarray, key: str) -> np.ndarray | None:
-        if not any(p.get(key) for p in points):
-            return None
-        low = [v - p[key][0] if p.get(key) else 0.0 for v, p in zip(values, points, strict=True)]
-        high = [p[key][1] - v if p.get(key) else 0.0 for v, p in zip(values, points, strict=True)]
-        return np.clip(np.array([low, high]), 0.0, None)
-
-    ax.errorbar(
-        xs,
-        ys,
-        xerr=bars(xs, "x_ci"),
-        yerr=bars(ys, "y_ci"),
-        fmt=style.pop("fmt", "o"),
-        capsize=style.pop("capsize", 3),
-        elinewidth=style.pop("elinewidth", 0.8),
-        **style,
-    )
-    if annotate:
-        for p in points:
-            ax.annotate(
-                p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(5, 5), fontsize=8
-            )
-
-
-def save_figure(fig: Any, out_png: str | os.PathLike[str]) -> Path:
-    """Write a matplotlib figure atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
-
-
 def plot_safety_utility(summaries: list[dict[str, Any]], out_png: str | os.PathLike[str]) -> Path:
-    """Scatter of safety (1 - mean harmfulness) against utility, one labelled point per model,
-    with 95 % intervals as error bars where the reports carry them."""
-    import matplotlib
+    """Harmfulness against utility, one labelled point per model, with 95 % intervals as
+    error bars where the reports carry them (:mod:`realignkit.plots`' axes)."""
+    from realignkit import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points, missing = [], []
-    for s in summaries:
+    series, missing = [], []
+    for i, s in enumerate(summaries):
         scores = s.get("scores", {})
-        x, y = scores.get("utility"), scores.get("safety")
+        x, y = scores.get("utility"), scores.get("harmfulness")
         if x is None or y is None:
             missing.append(s["name"])
             continue
         intervals = scores.get("ci95", {})
-        points.append(
-            {
-                "label": s["name"],
-                "x": x,
-                "y": y,
-                "x_ci": intervals.get("utility"),
-                "y_ci": intervals.get("safety"),
-            }
-        )
+        point = plots.Point(s["name"], x, y, intervals.get("utility"), intervals.get("harmfulness"))
+        series.append(plots.Series([point], color=f"C{i % 10}"))  # a colour of its own per model
     if missing:
         log.warning("not plotted (no safety or utility benchmark): %s", ", ".join(missing))
-    if not points:
+    if not series:
         raise RealignError("nothing to plot: no report has both a safety and a utility metric")
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    for point in points:
-        draw_points_with_intervals(ax, [point], markersize=6)
-    ax.set_xlabel("utility (mean accuracy / pass@1)")
-    ax.set_ylabel("safety (1 − mean harmfulness)")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.grid(alpha=0.3)
-    ax.set_title("Safety versus utility (bars: 95 % intervals)")
-    fig.tight_layout()
-    return save_figure(fig, out_png)
+    panel = plots.Panel(series, title="Safety versus utility (bars: 95 % intervals)")
+    return plots.plot_safety_utility(panel, out_png, panel_size=(6.0, 4.5))
 
 
 # --- paired comparison ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-import realignkit
+from realignkit._version import __version__
 from realignkit.data import read_rows, require_columns
 from realignkit.errors import RealignError
 from realignkit.eval import gsm8k, humaneval
@@ -363,7 +363,7 @@ def evaluate(
             "chat_template": generator.has_chat_template,
         },
         "sources": {b.name: b.source for b in benches},
-        "realignkit_version": realignkit.__version__,
+        "realignkit_version": __version__,
         "metrics": {},
         "scores": {},
         "warnings": [],
@@ -527,7 +527,7 @@ def judge_file(
     if out is not None:
         import json
 
-        from realignkit.eval.report import _atomic_write
+        from realignkit.checkpoint.output import write_text_atomic
 
         lines = []
         for index, row in enumerate(rows):
@@ -539,7 +539,7 @@ def judge_file(
                 if verdicts[index].harmful is not None:
                     record[f"harmful{suffix}"] = verdicts[index].harmful
             lines.append(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        _atomic_write(Path(out), "".join(lines))
+        write_text_atomic(Path(out), "".join(lines))
         result["output"] = str(out)
     return result
 

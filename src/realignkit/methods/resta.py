@@ -28,7 +28,7 @@ from realignkit.errors import RealignError
 from realignkit.methods.base import Edit, Method, Param, WeightInputs
 from realignkit.ops.dare import DARE_STREAMS, DareStream, dare_keep_mask
 from realignkit.ops.scratch import scratch
-from realignkit.ops.selection import DEFAULT_SCOPE_HELP, EXTRA_KINDS, parse_include
+from realignkit.ops.selection import EXTRA_KINDS, parse_include
 
 PathLike = str | os.PathLike[str]
 
@@ -78,6 +78,13 @@ def resta_tensor(
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+DEFAULT_SCOPE_HELP = (
+    "By default only the 2-D weights inside the decoder blocks are edited (attention and MLP "
+    "projections); --include adds embeddings, norms, biases, lm_head, other (2-D tensors "
+    "outside the blocks) or all."
+)
+"""What a weight edit touches (:mod:`realignkit.ops.selection`), in the command's words."""
+
 PARAMS = (
     Param(
         "gamma",

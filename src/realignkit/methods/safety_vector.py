@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from realignkit import __version__
+from realignkit._version import __version__
 from realignkit.checkpoint import (
     CheckpointReader,
     CheckpointWriter,

@@ -5,7 +5,7 @@ consecutive *input* columns, the unit of SparseGPT's sweep and of the official I
 
 Selection rule: inside each unit (a 128-column block, a whole matrix, or the whole model) the
 candidates are the entries whose delta sign conflicts with the safety vector (or every entry
-with ``--no-sign``); the ``round(R · #candidates)`` candidates with the highest score are
+without the sign rule); the ``round(R · #candidates)`` candidates with the highest score are
 removed. Ties are broken by position (earlier entry first), so results are deterministic.
 
 The official IRR code differs in three details, each available here as an option:
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from realignkit.errors import RealignError
+from realignkit.errors import InvalidValue
 
 BUDGETS = ("block", "matrix", "global")
 MASK_KINDS = ("fisher", "magnitude", "random")
@@ -45,7 +45,7 @@ def sign_conflict(
     rule): ``δ = 0`` against ``v ≠ 0``, or ``δ ≠ 0`` against ``v = 0``, conflicts.
     """
     if delta.shape != safety.shape:
-        raise RealignError(
+        raise InvalidValue(
             f"safety vector shape {tuple(safety.shape)} differs from delta {tuple(delta.shape)}"
         )
     if zero_is_conflict:
@@ -75,29 +75,42 @@ def ranking_scores(
     """The score that orders candidates: Fisher importance, ``|δ|``, or random."""
     if kind == "fisher":
         if fisher is None:
-            raise RealignError(f"{name}: the fisher mask needs Fisher scores")
+            raise InvalidValue(f"{name}: the fisher mask needs Fisher scores")
         return fisher.float()
     if kind == "magnitude":
         return delta.float().abs()
     if kind == "random":
         return random_scores(delta.shape, seed, name).to(delta.device)
-    raise RealignError(f"unknown mask {kind!r}; use one of {', '.join(MASK_KINDS)}")
+    raise InvalidValue(
+        f"unknown {{name}} {kind!r}; use one of {', '.join(MASK_KINDS)}",
+        name="mask",
+        parameter="mask",
+    )
 
 
 def check_fraction(fraction: float) -> None:
-    """R must be a number in [0, 1]."""
+    """R (rho), the share of candidates removed, must be a number in [0, 1]."""
     if not (isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0):
-        raise RealignError(f"--rho must be in [0, 1], got {fraction}")
+        raise InvalidValue(
+            f"{{name}} must be in [0, 1], got {fraction}",
+            name="the removal share rho",
+            parameter="rho",
+        )
 
 
-def check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
-    """One line naming the valid values of an option."""
+def check_choice(
+    value: str, choices: tuple[str, ...], name: str, parameter: str | None = None
+) -> None:
+    """One line naming the valid values of a choice called ``name`` (the declared
+    ``parameter`` it comes from, for a front end's own words)."""
     if value not in choices:
-        raise RealignError(f"unknown {option} {value!r}; use {', '.join(choices)}")
+        raise InvalidValue(
+            f"unknown {{name}} {value!r}; use {', '.join(choices)}", name=name, parameter=parameter
+        )
 
 
 def keep_fraction(fraction: float) -> float:
-    """``1 − R`` rounded to 12 decimals, so ``--rho 1 − s`` gives back the ``s`` a user typed
+    """``1 − R`` rounded to 12 decimals, so ``R = 1 − s`` gives back the ``s`` a user typed
     (``1 − 0.7`` is 0.30000000000000004, whose ``⌊n·s⌋`` can differ from that of 0.3)."""
     return round(1.0 - fraction, 12)
 
@@ -106,7 +119,7 @@ def removal_count(fraction: float, candidates: int, *, rounding: str = "half-up"
     """How many of ``candidates`` are removed: ``round(R · n)`` with halves rounded up, or,
     with ``rounding="keep-floor"``, ``n − ⌊(1 − R) · n⌋`` (the official code keeps the floor).
     Either way R = 1 takes all and R = 0 none."""
-    check_choice(rounding, COUNT_ROUNDINGS, "--count-rounding")
+    check_choice(rounding, COUNT_ROUNDINGS, "count rounding", "count_rounding")
     if rounding == "keep-floor":
         return candidates - math.floor(keep_fraction(fraction) * candidates)
     return min(candidates, math.floor(fraction * candidates + 0.5))
@@ -114,7 +127,7 @@ def removal_count(fraction: float, candidates: int, *, rounding: str = "half-up"
 
 def _removal_counts(fraction: float, candidates: torch.Tensor, rounding: str) -> torch.Tensor:
     """:func:`removal_count` of every entry of an integer tensor of candidate counts."""
-    check_choice(rounding, COUNT_ROUNDINGS, "--count-rounding")
+    check_choice(rounding, COUNT_ROUNDINGS, "count rounding", "count_rounding")
     if rounding == "keep-floor":
         return candidates - torch.floor(keep_fraction(fraction) * candidates.double()).long()
     return torch.floor(fraction * candidates.double() + 0.5).long()
@@ -128,7 +141,7 @@ def _top_in_rows(
     ``ties="later"`` ranks tied scores later entry first; flipping the row order before the
     same stable sort does exactly that.
     """
-    check_choice(ties, TIES, "--ties")
+    check_choice(ties, TIES, "tie rule", "ties")
     if ties == "later":
         flipped = _top_in_rows(scores.flip(1), candidates.flip(1), counts, "earlier")
         return flipped.flip(1)
@@ -157,7 +170,7 @@ def top_fraction_mask(
     """
     check_fraction(fraction)
     if scores.shape != candidates.shape:
-        raise RealignError(
+        raise InvalidValue(
             f"score shape {tuple(scores.shape)} differs from candidates {tuple(candidates.shape)}"
         )
     if budget == "matrix" or scores.ndim < 2:
@@ -166,7 +179,11 @@ def top_fraction_mask(
         counts = torch.tensor([count], device=scores.device)
         return _top_in_rows(flat_scores, flat_cand, counts, ties).reshape(scores.shape)
     if budget != "block":
-        raise RealignError(f"budget {budget!r} is not per-matrix; use block or matrix here")
+        raise InvalidValue(
+            f"{{name}} {budget!r} is not per-matrix; use block or matrix here",
+            name="budget",
+            parameter="budget",
+        )
     rows, cols = scores.shape
     mask = torch.zeros_like(candidates, dtype=torch.bool)
     full = (cols // block_size) * block_size
@@ -209,7 +226,7 @@ def bin_of_kth_largest(histogram: torch.Tensor, k: int) -> tuple[int, int]:
     """The bin holding the k-th largest key (1-based) and how many keys lie in higher bins."""
     from_top = histogram.flip(0).cumsum(0)
     if k < 1 or int(from_top[-1]) < k:
-        raise RealignError(f"cannot take {k} entries from {int(from_top[-1])} candidates")
+        raise InvalidValue(f"cannot take {k} entries from {int(from_top[-1])} candidates")
     position = int((from_top >= k).nonzero()[0])
     index = HIST_BINS - 1 - position
     return index, int(from_top[position]) - int(histogram[index])

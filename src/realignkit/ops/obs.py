@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import torch
 
-from realignkit.errors import RealignError
+from realignkit.errors import InvalidValue
 
 
 def prepare_hessian(hessian: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
@@ -42,9 +42,9 @@ def prepare_hessian(hessian: torch.Tensor, damping: float = 0.01) -> torch.Tenso
     direction (fewer tokens than features, or correlated features).
     """
     if hessian.ndim != 2 or hessian.shape[0] != hessian.shape[1]:
-        raise RealignError(f"Hessian must be square, got shape {tuple(hessian.shape)}")
+        raise InvalidValue(f"Hessian must be square, got shape {tuple(hessian.shape)}")
     if not torch.isfinite(hessian).all():
-        raise RealignError("Hessian holds NaN or Inf: the calibration forward pass overflowed")
+        raise InvalidValue("Hessian holds NaN or Inf: the calibration forward pass overflowed")
     hess = hessian.clone()
     diagonal = torch.diagonal(hess)
     dead = diagonal == 0
@@ -59,11 +59,19 @@ def upper_cholesky_of_inverse(hessian: torch.Tensor) -> torch.Tensor:
     """``U`` upper triangular with ``H⁻¹ = Uᵀ U`` (the rows SparseGPT's sweep reads)."""
     lower, info = torch.linalg.cholesky_ex(hessian)
     if int(info) != 0:
-        raise RealignError("Hessian is not positive definite even after damping; raise the damping")
+        raise InvalidValue(
+            "Hessian is not positive definite even after damping; raise the {name}",
+            name="damping",
+            parameter="damping",
+        )
     inverse = torch.cholesky_inverse(lower)
     upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
     if int(info) != 0:
-        raise RealignError("inverse Hessian is not positive definite; raise the damping")
+        raise InvalidValue(
+            "inverse Hessian is not positive definite; raise the {name}",
+            name="damping",
+            parameter="damping",
+        )
     return upper
 
 
@@ -75,7 +83,7 @@ BlockChooser = Callable[[int, int, torch.Tensor], torch.Tensor]
 def _check_inputs(weight: torch.Tensor, hessian: torch.Tensor) -> None:
     cols = weight.shape[1]
     if hessian.shape != (cols, cols):
-        raise RealignError(
+        raise InvalidValue(
             f"Hessian shape {tuple(hessian.shape)} does not fit a weight with {cols} input columns"
         )
 
@@ -95,7 +103,7 @@ def _sweep(
         end = min(start + block_size, cols)
         block_mask = choose(start, end, work[:, start:end])
         if block_mask.shape != (rows, end - start):
-            raise RealignError(
+            raise InvalidValue(
                 f"block mask shape {tuple(block_mask.shape)} differs from the block "
                 f"({rows}, {end - start})"
             )
@@ -157,7 +165,7 @@ def obs_recalibrate(
     ``zero_dead_columns`` sets the columns of dead inputs (``H_jj = 0``) to 0 first.
     """
     if remove_mask.shape != weight.shape:
-        raise RealignError(
+        raise InvalidValue(
             f"mask shape {tuple(remove_mask.shape)} differs from weight shape {tuple(weight.shape)}"
         )
     _check_inputs(weight, hessian)

@@ -13,11 +13,6 @@ from collections.abc import Iterable
 
 BLOCK_NAME = re.compile(r"(^|\.)(layers|layer|h|blocks|block)\.\d+\.")
 EXTRA_KINDS = ("embeddings", "norms", "biases", "lm_head", "other")
-DEFAULT_SCOPE_HELP = (
-    "By default only the 2-D weights inside the decoder blocks are edited (attention and MLP "
-    "projections); --include adds embeddings, norms, biases, lm_head, other (2-D tensors "
-    "outside the blocks) or all."
-)
 
 
 def tensor_kind(name: str, ndim: int) -> str:

@@ -2,8 +2,9 @@
 
 One engine serves both commands: ``unalign`` is a fine-tune on harmful prompts paired with
 compliant answers (it produces the unaligned model of a safety vector). Loss is on the response
-tokens only: the prompt, rendered by the model's own chat template, is masked out, so the model
-learns to answer, not to repeat questions.
+tokens only: the prompt, rendered by :mod:`realignkit.chat` (the model's own chat template, the
+format its evaluation and calibration use too), is masked out, so the model learns to answer,
+not to repeat questions.
 
 The loop is transformers' :class:`~transformers.Trainer` (gradient accumulation, bf16 autocast on
 GPUs, schedulers, seeding); measured on the demo's tiny model it costs about 10% over a bare
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from realignkit.chat import IGNORE, Encoded, encode_exchange, pad_batch
 from realignkit.checkpoint.card import model_card
 from realignkit.checkpoint.output import check_replaceable
 from realignkit.checkpoint.source import resolve_model_dir
@@ -37,10 +39,6 @@ from realignkit.errors import RealignError
 from realignkit.modeling import default_device, load_causal_lm, load_tokenizer, parse_dtype
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
-PLAIN_PROMPT = "User: {prompt}\nAssistant: "
-"""Fallback rendering for tokenizers without a chat template (base models)."""
 
 
 @dataclass
@@ -119,49 +117,13 @@ def load_pairs(
     return rows
 
 
-def _render(tokenizer: Any, prompt: str, response: str | None, system: str | None) -> str:
-    """The chat-template text of a prompt (with the generation prompt) or of a whole exchange."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append({"role": "user", "content": prompt})
-        if response is None:
-            return tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        messages.append({"role": "assistant", "content": response})
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    text = PLAIN_PROMPT.format(prompt=prompt)
-    if system:
-        text = f"{system}\n\n{text}"
-    return text if response is None else text + response
-
-
 def encode_pair(
     tokenizer: Any, prompt: str, response: str, *, max_length: int, system: str | None = None
 ) -> tuple[list[int], list[int]]:
-    """Token ids of one exchange and its labels, with every prompt position masked.
-
-    The prompt part is the longest common prefix of the tokenised prompt and the tokenised
-    exchange, which is exact for templates that tokenise both the same way and safe (a token
-    or two more masked) for BPE merges across the boundary. The EOS token is appended when the
-    template does not end the answer with it, so the model learns to stop.
-    """
-    prompt_ids = tokenizer(_render(tokenizer, prompt, None, system), add_special_tokens=False)[
-        "input_ids"
-    ]
-    full_ids = tokenizer(_render(tokenizer, prompt, response, system), add_special_tokens=False)[
-        "input_ids"
-    ]
-    eos = tokenizer.eos_token_id
-    if eos is not None and eos not in full_ids[len(prompt_ids) :]:
-        full_ids = full_ids + [eos]
-    shared = 0
-    for a, b in zip(prompt_ids, full_ids, strict=False):
-        if a != b:
-            break
-        shared += 1
-    labels = [IGNORE_INDEX] * shared + full_ids[shared:]
-    return full_ids[:max_length], labels[:max_length]
+    """Token ids of one exchange and its labels, with every prompt position masked
+    (:func:`realignkit.chat.encode_exchange` as the ids and labels a causal LM loss reads)."""
+    row = encode_exchange(tokenizer, prompt, response, max_length=max_length, system_prompt=system)
+    return row.ids, [IGNORE] * row.response_start + row.ids[row.response_start :]
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -170,17 +132,17 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(
         self, rows: Sequence[Row], tokenizer: Any, max_length: int, system: str | None = None
     ) -> None:
-        self.items: list[tuple[list[int], list[int]]] = []
+        self.items: list[Encoded] = []
         for row in tqdm(rows, desc="tokenize", leave=False, disable=len(rows) < 5000):
-            ids, labels = encode_pair(
+            encoded = encode_exchange(
                 tokenizer,
                 str(row["prompt"]),
                 str(row["response"]),
                 max_length=max_length,
-                system=system,
+                system_prompt=system,
             )
-            if any(label != IGNORE_INDEX for label in labels):
-                self.items.append((ids, labels))
+            if encoded.response_tokens:
+                self.items.append(encoded)
         self.dropped = len(rows) - len(self.items)
         if not self.items:
             raise RealignError(f"no training row has a response within --max-length {max_length}")
@@ -194,28 +156,22 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        ids, labels = self.items[index]
-        return {"input_ids": ids, "labels": labels}
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # a mapping with ``input_ids``: what the Trainer's length-grouped sampler reads
+        item = self.items[index]
+        return {"input_ids": item.ids, "response_start": item.response_start}
 
 
 class PadCollator:
-    """Right-pads a batch to its longest row; padding is masked and never a label."""
+    """Right-pads a batch to its longest row (:func:`realignkit.chat.pad_batch`); padding is
+    masked and never a label."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(item["input_ids"]) for item in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, item in enumerate(batch):
-            n = len(item["input_ids"])
-            ids[i, :n] = torch.tensor(item["input_ids"])
-            labels[i, :n] = torch.tensor(item["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [Encoded(item["input_ids"], item["response_start"]) for item in batch]
+        return pad_batch(rows, self.pad_id)
 
 
 # -- the trainer -------------------------------------------------------------------------------

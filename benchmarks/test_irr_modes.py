@@ -1,4 +1,9 @@
-"""benchmarks/irr_modes.py on a tiny world laid out like the real-model world."""
+"""benchmarks/irr_modes.py on a tiny world laid out like the real-model world.
+
+A check of a benchmark script, so it stands beside the script and outside the test suite (the
+suite tests the library, never benchmark code): ``python3 -m pytest benchmarks/test_irr_modes.py``.
+It borrows the suite's tiny-model helpers.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from test_irr import CALIBRATION, HARMFUL, write_jsonl  # noqa: E402
 from tiny import build_tiny_model, perturbed_copy, save_tiny_model  # noqa: E402
