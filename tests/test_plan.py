@@ -90,8 +90,8 @@ def check(args: list[str], fixed: int, slack: float) -> tuple[dict, dict[str, in
     for key, got in (("read_bytes", real["read"]), ("written_bytes", real["written"])):
         assert abs(plan[key] - got) <= 0.01 * got + 2 * MIB, (key, plan[key], got)
     peak = plan["peak_host_bytes"]
-    # Below: the command's lazy imports and torch's first-use buffers (~160 MiB measured on
-    # the tiny models, where they are all of the peak) are not in the measured fixed cost.
+    # Below: the command's lazy imports and torch's first-use buffers (~160 MiB on the tiny
+    # models, where they are all of the peak) are not in the measured fixed cost.
     assert real["rss"] - LAZY_IMPORTS <= peak <= (1 + slack) * real["rss"] + 64 * MIB, (
         peak,
         real["rss"],
@@ -180,11 +180,6 @@ def smol_world(smollm2_dir, tmp_path_factory):
     return smollm2_dir, unaligned, root
 
 
-@pytest.mark.xfail(
-    reason="open (issue 20): on SmolLM2 the measured peak of safety-vector was 655 MB against "
-    "345 MB planned (2026-12-02); the plan misses a per-tensor working set",
-    strict=False,
-)
 def test_streaming_plans_match_measured_peaks_on_smollm2(smol_world, fixed_cost):
     aligned, unaligned, root = smol_world
     sv = root / "sv"

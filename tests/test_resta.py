@@ -368,8 +368,8 @@ def test_bad_shape_names_the_tensor(tmp_path, capsys, llama_world) -> None:
             tmp_path / "out",
         ],
         llama_world,
-        "model.layers.0.mlp.gate_proj.weight",
-        "(48, 32)",
+        "model.layers.0.mlp.down_proj.weight",  # the first mismatched tensor, by name
+        "(32, 48)",
     )
     _expect_failure(
         capsys,

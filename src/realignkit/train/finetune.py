@@ -396,6 +396,11 @@ def finetune(
         class ResponseLossTrainer(Trainer):
             def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
                 loss, outputs = response_loss(model, inputs, num_items_in_batch)
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    # num_items_in_batch counts every process's tokens and the gradients are
+                    # averaged over processes: scale back as Trainer.compute_loss does.
+                    tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+                    loss = loss * (self.accelerator.num_processes // tp_size)
                 return (loss, outputs) if return_outputs else loss
 
         trainer = ResponseLossTrainer(
