@@ -203,7 +203,9 @@ class Method:
     A weight method edits the decoder blocks' 2-D weights, plus the kinds of a declared
     ``include`` parameter (``targets="linears"``: their linear layers only).
     ``sweep_defaults`` are the settings the sweep's recipe starts from; ``sweep_grid`` is the
-    grid a demo sweeps when nobody chose one.
+    grid a demo sweeps when nobody chose one; ``paper`` the setting its paper reports (the
+    real-model demo and benchmark run every recipe that declares one there, so a new method
+    joins them by declaring it).
     """
 
     name: str
@@ -229,6 +231,7 @@ class Method:
     cli: bool = True  # register a `realignkit NAME` command built from the declaration
     sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
     sweep_grid: Mapping[str, Any] = field(default_factory=dict)  # the demo's default grid
+    paper: Mapping[str, Any] = field(default_factory=dict)  # the paper's setting (the demos)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -238,6 +241,8 @@ class Method:
             raise ValueError(f"method {self.name!r} needs unknown inputs {sorted(unknown)}")
         if (self.edit_weight is None) == (self.edit_layer is None):
             raise ValueError("a method has exactly one of edit_weight and edit_layer")
+        if self.paper:
+            self.resolve(self.paper, where="paper setting: ")
 
     @property
     def param_names(self) -> list[str]:

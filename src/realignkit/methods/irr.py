@@ -42,6 +42,7 @@ from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
 from realignkit.calib.fisher import FisherScores
 from realignkit.checkpoint import CheckpointWriter, FinetunedWeights, check_same_layout, model_card
 from realignkit.errors import RealignError
+from realignkit.methods.base import Param
 from realignkit.methods.registry import Realigned, RealignJob, recipe
 from realignkit.methods.safety_vector import SafetyVector
 from realignkit.ops.masks import (
@@ -866,7 +867,34 @@ def _write_card(
 # --- registry recipe ---------------------------------------------------------------------------
 
 
-@recipe("irr")
+@recipe(
+    "irr",
+    params=(
+        Param(
+            "rho",
+            float,
+            0.5,
+            "R: the fraction of sign-conflicting delta entries removed.",
+            low=0.0,
+            high=1.0,
+            safer="higher",
+            search=(0.0, 1.0),
+        ),
+        Param("num_samples", int, 128, "Rows of the Fisher / calibration data used.", low=1),
+        Param("max_length", int, 512, "Tokens per row, at most.", low=2),
+    ),
+    accepts=(
+        "budget",
+        "mask",
+        "use_sign",
+        "recalibrate",
+        "fisher_mode",
+        "official",
+        *(key for key in OFFICIAL if key != "max_length"),
+    ),
+    paper={"rho": 0.5},  # the IRR paper's defaults: ρ = 0.5, Fisher mask, recalibration
+    sweep_grid={"rho": [0.3, 0.5, 1.0]},
+)
 def irr_recipe(job: RealignJob, out: Path) -> Realigned:
     """IRR with Fisher scores of the aligned model on ``job.harmful`` (cached in workdir).
 

@@ -450,7 +450,27 @@ def safelora_full(
 # --- registry recipe ---------------------------------------------------------------------------
 
 
-@recipe("safelora")
+@recipe(
+    "safelora",
+    params=(
+        Param(
+            "threshold",
+            float,
+            None,
+            "Project the weights whose cosine similarity is at most this (default 0.5).",
+            low=-1.0,
+            high=1.0,
+            optional=True,
+            safer="higher",
+            search=(-1.0, 1.0),
+        ),
+        Param(
+            "num_layers", int, None, "Project the K least similar weights.", low=1, optional=True
+        ),
+    ),
+    paper={"threshold": 0.5},  # the Safe LoRA recipe's default threshold
+    sweep_grid={"threshold": [0.3, 0.5, 0.7]},
+)
 def safelora_recipe(job: RealignJob, out: Path) -> Realigned:
     """Safe LoRA on ``job.adapter`` (output: a projected adapter on ``job.aligned``) or, for a
     full fine-tune ``job.finetuned``, on its delta (output: a model folder).
