@@ -183,6 +183,7 @@ def test_tune_hands_the_calibration_data_to_the_recipe(tmp_path, monkeypatch) ->
     registry.load_all()
     monkeypatch.setitem(registry.RECIPES, "irr", fake_irr)
     args = [*_irr(tune_args(world, tmp_path / "tune")), "--calibration", world["val_benign"]]
-    assert run_cli(args) == 0
+    assert run_cli([*args, "--set", "recalibrate=false"]) == 0
     assert seen and all(c == Path(world["val_benign"]) for c, _ in seen)
-    assert all(p["num_samples"] == 4 for _, p in seen)  # --set values arrive typed
+    # --set values arrive typed (a string "false" would be true to the recipe)
+    assert all(p["num_samples"] == 4 and p["recalibrate"] is False for _, p in seen)

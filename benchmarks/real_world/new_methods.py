@@ -70,11 +70,29 @@ def new_methods(world_config: dict[str, Any]) -> dict[str, dict[str, list[Any]]]
     return out
 
 
+def world_config(world: Path, kind: str) -> dict[str, Any]:
+    """The world's sweep config of ``ft-kind``; before the world reached that sweep, the other
+    fine-tune's with the fine-tuned model swapped (the rest of a config is the same)."""
+    own = world / "sweeps" / f"ft-{kind}" / "config.json"
+    if own.is_file():
+        return _json(own)
+    for other in ("full", "lora"):
+        path = world / "sweeps" / f"ft-{other}" / "config.json"
+        if other != kind and path.is_file():
+            config = _json(path)
+            config["models"].pop("finetuned", None)
+            config["models"].pop("adapter", None)
+            key = "adapter" if kind == "lora" else "finetuned"
+            config["models"][key] = str(world / "models" / f"ft-{kind}")
+            return config
+    raise SystemExit(f"{world} has no sweep config yet (its sweep stage writes one)")
+
+
 def sweep(world: Path, out: Path, kind: str, only: list[str] | None = None) -> Path:
     from realignkit.demo.real.measure import evaluate_model
     from realignkit.sweep import parse_config, run_sweep
 
-    config = _json(world / "sweeps" / f"ft-{kind}" / "config.json")
+    config = world_config(world, kind)
     methods = new_methods(config)
     if only:
         methods = {k: v for k, v in methods.items() if k in only}

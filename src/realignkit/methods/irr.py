@@ -882,16 +882,14 @@ def _write_card(
         ),
         Param("num_samples", int, 128, "Rows of the Fisher / calibration data used.", low=1),
         Param("max_length", int, 512, "Tokens per row, at most.", low=2),
+        # typed, so `tune --set recalibrate=false` reaches the recipe as False, not "false"
+        Param("budget", str, "block", "Where the top-R ranking happens.", choices=BUDGETS),
+        Param("mask", str, "fisher", "The score that ranks candidates.", choices=MASK_KINDS),
+        Param("use_sign", bool, True, "Only sign-conflicting entries are candidates."),
+        Param("recalibrate", bool, True, "Recalibrate the kept delta (OBS)."),
+        Param("official", bool, False, "Start from the official code's choices."),
     ),
-    accepts=(
-        "budget",
-        "mask",
-        "use_sign",
-        "recalibrate",
-        "fisher_mode",
-        "official",
-        *(key for key in OFFICIAL if key != "max_length"),
-    ),
+    accepts=("fisher_mode", *(key for key in OFFICIAL if key != "max_length")),
     paper={"rho": 0.5},  # the IRR paper's defaults: ρ = 0.5, Fisher mask, recalibration
     sweep_grid={"rho": [0.3, 0.5, 1.0]},
 )
