@@ -4,8 +4,9 @@
 #
 #     bash benchmarks/real_world/tune_and_new_methods.sh WORLD OUT [STEP...]
 #
-# STEP: new-lora new-full tune-resta-lora grid-resta-lora tune-irr-lora grid-irr-lora
-#       tune-resta-full grid-resta-full table (default: all, in this order). Every step waits
+# STEP: safety-ft, new-KIND[:METHOD,...] (the recipes the world lacks, at their papers'
+#       settings), tune-resta-KIND, grid-resta-KIND, tune-irr-KIND, grid-irr-KIND, table;
+#       KIND: full or lora (default: every step, cheapest first). Every step waits
 # for the world's models it reads, runs with one torch thread, and resumes (models and
 # results are cached under OUT). The tune target is the aligned model's harmfulness on the
 # world's validation split (its reports/aligned-validation); search on the validation split,
@@ -15,8 +16,9 @@
 set -euo pipefail
 WORLD=$(realpath "$1"); OUT=$(realpath -m "$2"); shift 2
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(new-lora new-full tune-resta-lora grid-resta-lora \
-    tune-irr-lora grid-irr-lora tune-resta-full grid-resta-full table)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(safety-ft tune-resta-full new-full:safemerge tune-resta-lora \
+    new-lora:safemerge grid-resta-full table new-lora:safedelta new-full:safedelta table \
+    grid-resta-lora tune-irr-lora grid-irr-lora table)
 HERE=$(cd "$(dirname "$0")" && pwd)
 export OMP_NUM_THREADS=1 PYTHONPATH="$HERE/../../src${PYTHONPATH:+:$PYTHONPATH}"
 PY="nice -n 19 python3"
@@ -60,22 +62,35 @@ IRR_GRID=0,0.125,0.25,0.375,0.5,0.625,0.75,0.875,1
 IRR_SET=(--set num_samples=32 --set max_length=160)  # the demo's IRR data (method_extras)
 for step in "${STEPS[@]}"; do
     case $step in
-        new-lora | new-full)
-            kind=${step#new-}
+        safety-ft)
+            wait_for "$WORLD/models/aligned"
+            wait_for "$WORLD/data/harmful_refusals.jsonl"
+            stamp "start $step"
+            $PY "$HERE/new_methods.py" safety-ft --world "$WORLD" --out "$OUT" \
+                >"$OUT/$step.log" 2>&1
+            stamp "done $step" ;;
+        new-*)
+            spec=${step#new-}; kind=${spec%%:*}; only=""
+            [ "$spec" != "$kind" ] && only=${spec#*:}
             wait_for "$WORLD/models/ft-$kind"
             wait_for "$WORLD/reports/aligned/summary.json"
             until ls "$WORLD"/sweeps/ft-*/config.json >/dev/null 2>&1; do sleep 30; done
             stamp "start $step"
-            $PY "$HERE/new_methods.py" sweep --kinds "$kind" --world "$WORLD" --out "$OUT" \
-                >"$OUT/$step.log" 2>&1
+            $PY "$HERE/new_methods.py" sweep --kinds "$kind" --only "$only" --world "$WORLD" \
+                --out "$OUT" >"$OUT/${step//[:,]/_}.log" 2>&1
             stamp "done $step" ;;
-        tune-resta-lora) tune_run "$step" lora resta gamma --steps 3 ;;
-        grid-resta-lora) tune_run "$step" lora resta gamma --grid "$RESTA_GRID" ;;
-        tune-irr-lora) tune_run "$step" lora irr rho --steps 3 "${IRR_SET[@]}" ;;
-        grid-irr-lora) tune_run "$step" lora irr rho --grid "$IRR_GRID" "${IRR_SET[@]}" ;;
-        tune-resta-full) tune_run "$step" full resta gamma --steps 3 ;;
-        grid-resta-full) tune_run "$step" full resta gamma --grid "$RESTA_GRID" ;;
-        table) $PY "$HERE/new_methods.py" table --world "$WORLD" --out "$OUT" ;;
+        tune-resta-* | grid-resta-* | tune-irr-* | grid-irr-*)
+            kind=${step##*-}; what=${step%-*}; method=${what#*-}
+            param=gamma; grid=$RESTA_GRID; extra=()
+            if [ "$method" = irr ]; then param=rho; grid=$IRR_GRID; extra=("${IRR_SET[@]}"); fi
+            if [ "${what%%-*}" = tune ]; then
+                tune_run "$step" "$kind" "$method" "$param" --steps 3 "${extra[@]}"
+            else
+                tune_run "$step" "$kind" "$method" "$param" --grid "$grid" "${extra[@]}"
+            fi ;;
+        table)
+            $PY "$HERE/new_methods.py" table --world "$WORLD" --out "$OUT" >/dev/null \
+                2>>"$OUT/table.log" || true ;;
         *) echo "unknown step $step" >&2; exit 2 ;;
     esac
 done
