@@ -14,6 +14,8 @@ registry has no row for it. This script leaves the world untouched and writes un
                 cache moves to OUT)                                          → OUT/sweeps/ft-*/
     split       the validation and test prompt files `realignkit tune` reads: the world's
                 validation split, and its English harmful test sets pooled   → OUT/data/
+    tune-table  OUT/tune/*/tune.json (tune_and_new_methods.sh's searches and grids) as one table
+                                                                       → OUT/tune.{md,json}
     table       one table: the aligned model, each fine-tune, the world's methods and the new
                 ones, rates with n and 95 % Wilson intervals, Δ against the fine-tune (exact
                 McNemar; paired bootstrap for the NLL)                → OUT/new_methods.{md,json}
@@ -202,12 +204,58 @@ def table(world: Path, out: Path) -> Path:
     return md
 
 
+def _ci(rate: dict[str, Any] | None) -> str:
+    if not rate:
+        return "–"
+    return (
+        f"{rate['k']}/{rate['n']} = {100 * rate['rate']:.0f} % "
+        f"[{100 * rate['low']:.0f}–{100 * rate['high']:.0f}]"
+    )
+
+
+def tune_table(out: Path) -> Path:
+    """``OUT/tune/*/tune.json`` (searches and grids) as one markdown table."""
+    lines = [
+        "| run | target ≤ | chosen | probes (validation harmful k/n) | models built | search s "
+        "(CPU s) | all s (CPU s) | validation over-refusal | test harmful | test over-refusal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    runs = {}
+    for path in sorted((out / "tune").glob("*/tune.json")):
+        r = _json(path)
+        runs[path.parent.name] = r
+        probes = ", ".join(
+            f"{p['value']:g}: {p['harmful']}/{p['n']}{'' if p['settled'] else '*'}"
+            f"{'✓' if p['meets'] else '✗'}"
+            for p in r["path"]
+        )
+        chosen = "none" if r["chosen"] is None else f"{r['param']} = {r['chosen']:g}"
+        lines.append(
+            f"| {path.parent.name} | {r['target_harmfulness']:.3f} | {chosen} | {probes} | "
+            f"{r['models_built']} | {r.get('search_seconds', 0):.0f} "
+            f"({r.get('search_cpu_seconds', 0):.0f}) | {r.get('seconds', 0):.0f} "
+            f"({r.get('cpu_seconds', 0):.0f}) | {_ci(r['validation_over_refusal'])} | "
+            f"{_ci(r['test_harmfulness'])} | {_ci(r['test_over_refusal'])} |"
+        )
+    md = out / "tune.md"
+    _write(
+        md,
+        "Probes in search order (grids: weakest first); ✓ meets the target, ✗ misses it; "
+        "* decided by the point estimate on every validation prompt (the interval did not "
+        "settle it).\n\n" + "\n".join(lines) + "\n",
+    )
+    _write(out / "tune.json", json.dumps(runs, indent=2, default=str) + "\n")
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     from realignkit.demo.real import set_threads
     from realignkit.errors import RealignError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", choices=("safety-ft", "sweep", "split", "table", "all"))
+    parser.add_argument(
+        "step", choices=("safety-ft", "sweep", "split", "table", "tune-table", "all")
+    )
     parser.add_argument("--world", type=Path, required=True, help="a real world (read only)")
     parser.add_argument("--out", type=Path, required=True, help="where this script writes")
     parser.add_argument("--kinds", default="lora,full", help="fine-tunes to sweep, in order")
@@ -230,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 sweep(world, out, kind, only)
         if args.step in ("table", "all"):
             print(table(world, out).read_text())
+        if args.step in ("tune-table", "all"):
+            print(tune_table(out).read_text())
     except RealignError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -77,6 +77,8 @@ class TuneResult:
     models_built: int = 0
     search_seconds: float = 0.0  # wall time of the probes (builds and validation judging)
     seconds: float = 0.0  # the whole call, the final checks included
+    search_cpu_seconds: float = 0.0  # this process's CPU time for the probes (load-free cost)
+    cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -250,7 +252,7 @@ def tune(
     if max_over_refusal is not None and benign_val is None:
         raise RealignError("--max-over-refusal needs --validation-benign prompts")
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     out = Path(out_dir).expanduser().resolve()
     (out / "models").mkdir(parents=True, exist_ok=True)
     recipe = load_all()[method]
@@ -358,6 +360,7 @@ def tune(
             f"({failing:g}) misses it"
         )
     result.search_seconds = round(time.perf_counter() - started, 1)
+    result.search_cpu_seconds = round(time.process_time() - cpu_started, 1)
     if result.chosen is not None:
         model, adapter = built[result.chosen]
         result.model, result.adapter = str(model), str(adapter) if adapter else None
@@ -386,6 +389,7 @@ def tune(
         finally:
             judged.close()
     result.seconds = round(time.perf_counter() - started, 1)
+    result.cpu_seconds = round(time.process_time() - cpu_started, 1)
     (out / "tune.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return result
 
@@ -417,6 +421,7 @@ def path_text(result: TuneResult) -> str:
             )
     lines.append(
         f"models built: {result.models_built} (of {len(result.path)} probes); wall time "
-        f"{result.search_seconds:.0f} s searching, {result.seconds:.0f} s in all"
+        f"{result.search_seconds:.0f} s searching, {result.seconds:.0f} s in all "
+        f"(CPU {result.search_cpu_seconds:.0f} s and {result.cpu_seconds:.0f} s)"
     )
     return "\n".join(lines)
