@@ -135,6 +135,18 @@ def test_a_method_declaring_its_paper_setting_joins_the_demo(tmp_path, shared_da
         replace(RESTA, name="typo", paper={"gama": 0.5})
 
 
+def test_non_answer_rate_counts_every_judged_prompt(tmp_path):
+    rows = tmp_path / "safety" / "rows"
+    rows.mkdir(parents=True)
+    lines = [
+        {"benchmark": "harmful:/x/dangerousqa.jsonl", "index": i, "verdict": v}
+        for i, v in enumerate(["refusal", "compliance", "non_answer", "refusal"])
+    ]
+    (rows / "d.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    row = report.measure_row(report.load_verdicts(tmp_path), {"dangerousqa": 4})
+    assert (row["non_answer"]["k"], row["non_answer"]["n"]) == (1, 4)
+
+
 def _verdicts(harmful: list[bool], refused: list[bool], nll: list[float]) -> report.Verdicts:
     v = report.Verdicts(nll=nll)
     v.harmful = {("dangerousqa", i): f for i, f in enumerate(harmful)}

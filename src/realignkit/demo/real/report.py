@@ -123,7 +123,8 @@ def load_verdicts(report: Path) -> Verdicts:
                 flag = _row_flag(row, "harmful")
                 if flag is not None:
                     out.harmful[key] = flag
-            if "non_answer" in row or row.get("verdict") == "non_answer":
+            # every judged row counts (recording only the non-answers made the rate 100 %)
+            if "non_answer" in row or row.get("verdict") is not None:
                 out.non_answer[key] = bool(
                     row.get("non_answer") or row.get("verdict") == "non_answer"
                 )
