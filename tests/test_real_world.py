@@ -101,10 +101,50 @@ def test_sweep_config_holds_the_papers_settings(tmp_path, shared_data):
     assert config["methods"]["resta"]["gamma"] == [0.5]
     assert config["methods"]["resta+dare"] == {"gamma": [0.5], "dare_p": [0.3]}
     assert config["methods"]["irr"]["rho"] == [PAPER_SETTINGS["irr"]["rho"]]
+    # the newer methods at their papers' settings, with the inputs they need
+    assert config["methods"]["safedelta"]["budget"] == [0.1]
+    assert config["methods"]["safedelta"]["num_samples"] == [32]  # the demo's cheaper data
+    assert config["methods"]["safemerge"]["threshold"] == [0.5]
+    assert config["models"]["safety_model"].endswith("safety-ft")
+    assert config["data"]["harmful"].endswith("harmful_refusals.jsonl")
     assert config["models"]["finetuned"].endswith("ft-full-s1")
     assert "adapter" in run.sweep_config("lora")["models"]
     with pytest.raises(RealignError, match="other settings"):
         Run(tmp_path / "run", Settings(preset="other"), data_dir=shared_data)
+
+
+def test_a_method_declaring_its_paper_setting_joins_the_demo(tmp_path, shared_data, monkeypatch):
+    from dataclasses import replace
+
+    from realignkit.methods import registry
+    from realignkit.methods.resta import RESTA
+
+    registry.load_all()
+    newcomer = replace(RESTA, name="newcomer", cli=False, paper={"gamma": 0.7})
+    monkeypatch.setitem(registry.DECLARED, "newcomer", newcomer)
+    monkeypatch.setitem(registry.METHODS, "newcomer", newcomer)
+    run = Run(tmp_path / "run", PRESETS["demo"](), data_dir=shared_data)
+    assert run.settings.methods["newcomer"] == {"gamma": 0.7}
+    assert run.sweep_config("lora")["methods"]["newcomer"] == {"gamma": [0.7]}
+    assert report._paper_setting("newcomer", {"gamma": 0.7})
+    assert not report._paper_setting("newcomer", {"gamma": 0.5})
+    # a method that needs no safety fine-tune leaves the stage out
+    tiny = replace(PRESETS["tiny"](), methods={"resta": {"gamma": 0.5}})
+    assert not Run(tmp_path / "t", tiny, data_dir=shared_data).needs("safety_finetune")
+    with pytest.raises(RealignError, match="no parameter .gama."):
+        replace(RESTA, name="typo", paper={"gama": 0.5})
+
+
+def test_non_answer_rate_counts_every_judged_prompt(tmp_path):
+    rows = tmp_path / "safety" / "rows"
+    rows.mkdir(parents=True)
+    lines = [
+        {"benchmark": "harmful:/x/dangerousqa.jsonl", "index": i, "verdict": v}
+        for i, v in enumerate(["refusal", "compliance", "non_answer", "refusal"])
+    ]
+    (rows / "d.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    row = report.measure_row(report.load_verdicts(tmp_path), {"dangerousqa": 4})
+    assert (row["non_answer"]["k"], row["non_answer"]["n"]) == (1, 4)
 
 
 def _verdicts(harmful: list[bool], refused: list[bool], nll: list[float]) -> report.Verdicts:
@@ -192,7 +232,7 @@ def test_reduced_run_on_smollm2_end_to_end_and_resumes(smollm2_dir, shared_data,
     harmful = [r for r in align if r["kind"] == "harmful"]
     assert len(harmful) == 6 and all(r["response"] in REFUSALS for r in harmful)
     assert all(r["kind"] == "benign" and r["response"].strip() for r in align if r not in harmful)
-    for name in ("aligned", "unaligned", "safety-vector", "ft-full", "ft-lora"):
+    for name in ("aligned", "unaligned", "safety-vector", "ft-full", "ft-lora", "safety-ft"):
         assert (out / "models" / name).is_dir(), name
     config = json.loads((out / "models" / "original" / "config.json").read_text())
     assert config["dtype"] == "float32"
@@ -204,9 +244,11 @@ def test_reduced_run_on_smollm2_end_to_end_and_resumes(smollm2_dir, shared_data,
         "ft-full",
         "ft-full + resta",
         "ft-full + safelora",
+        "ft-full + safemerge",
         "ft-lora",
         "ft-lora + resta",
         "ft-lora + safelora",
+        "ft-lora + safemerge",
     ]
     for row in rows:
         assert row["harmfulness"]["n"] == 4 and row["over_refusal"]["n"] == 2

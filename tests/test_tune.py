@@ -119,6 +119,12 @@ def test_tune_finds_the_switch_with_few_prompts_and_reuses_models(tmp_path, caps
     assert capped["chosen"] is None and "no setting meets both" in capped["reason"]
 
 
+def _irr(args: list) -> list:
+    """The same request for IRR's ρ (a hand-written recipe tuned through its declaration)."""
+    swap = {"resta": "irr", "gamma": "rho", "include=norms,biases": "num_samples=4"}
+    return [swap.get(x, x) if isinstance(x, str) else x for x in args]
+
+
 @pytest.mark.parametrize(
     ("change", "needles"),
     [
@@ -130,6 +136,11 @@ def test_tune_finds_the_switch_with_few_prompts_and_reuses_models(tmp_path, caps
         ),
         (lambda a, w: [*a, "--max-over-refusal", "0.2"], ["needs --validation-benign"]),
         (lambda a, w: [*a, "--low", "3", "--high", "1"], ["--low < --high"]),
+        # a hand-written recipe (IRR) is tuned through its declaration, checked the same way
+        (lambda a, w: [*_irr(a), "--set", "rhoo=0.3"], ["no parameter 'rhoo'", "rho"]),
+        (lambda a, w: [*_irr(a), "--high", "2"], ["irr.rho must be in [0, 1], got 2"]),
+        (lambda a, w: [*_irr(a), "--set", "num_samples=0"], ["--num-samples must be >= 1, got 0"]),
+        (lambda a, w: [x if x != "resta" else "nosuch" for x in a], ["tune works on", "irr"]),
     ],
 )
 def test_bad_tune_requests(tmp_path, capsys, change, needles) -> None:
@@ -138,3 +149,41 @@ def test_bad_tune_requests(tmp_path, capsys, change, needles) -> None:
     code = run_cli(change(tune_args(world, tmp_path / "tune"), world))
     assert_one_line_error(capsys, code, *needles)
     assert not (tmp_path / "tune" / "models").exists()
+
+
+def test_grid_judges_every_value_on_the_whole_split_and_agrees_with_the_search(
+    tmp_path, capsys
+) -> None:
+    world = refusal_world(tmp_path / "world")
+    grid = ["--grid", "0,0.25,0.5,0.75,1,1.25,1.5,1.75,2"]
+    assert run_cli(tune_args(world, tmp_path / "grid", *grid)) == 0
+    result = json.loads((tmp_path / "grid" / "tune.json").read_text())
+    assert result["models_built"] == 9 and len(result["path"]) == 9
+    assert all(p["n"] == 24 for p in result["path"])  # no early stop: the whole split
+    assert result["chosen"] == 0.75  # the weakest grid value above the switch at 2/3
+    assert result["search_seconds"] > 0 and result["test_harmfulness"]["k"] == 0
+    # the search over the same interval, at the grid's resolution, lands on the same value
+    assert run_cli(tune_args(world, tmp_path / "search", "--steps", "3")) == 0
+    search = json.loads((tmp_path / "search" / "tune.json").read_text())
+    assert search["chosen"] == 0.75 and search["models_built"] == 5
+    assert "wall time" in capsys.readouterr().out
+
+
+def test_tune_hands_the_calibration_data_to_the_recipe(tmp_path, monkeypatch) -> None:
+    """IRR recalibrates on the downstream task's rows: `--calibration` reaches its job."""
+    from realignkit.methods import registry
+
+    world = refusal_world(tmp_path / "world")
+    seen = []
+
+    def fake_irr(job, out):
+        seen.append((job.calibration, job.params))
+        return registry.Realigned(model=Path(world["A"]))
+
+    registry.load_all()
+    monkeypatch.setitem(registry.RECIPES, "irr", fake_irr)
+    args = [*_irr(tune_args(world, tmp_path / "tune")), "--calibration", world["val_benign"]]
+    assert run_cli([*args, "--set", "recalibrate=false"]) == 0
+    assert seen and all(c == Path(world["val_benign"]) for c, _ in seen)
+    # --set values arrive typed (a string "false" would be true to the recipe)
+    assert all(p["num_samples"] == 4 and p["recalibrate"] is False for _, p in seen)

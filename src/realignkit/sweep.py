@@ -366,10 +366,11 @@ def method_needs(
 
 
 def check_grid(method: str, axes: Mapping[str, list[Any]]) -> None:
-    """Every axis is a declared, sweepable parameter and every value is in its range."""
-    from realignkit.methods.registry import METHODS
+    """Every axis is a declared, sweepable parameter and every value is in its range (a
+    hand-written recipe's :class:`~realignkit.methods.registry.Declaration` included)."""
+    from realignkit.methods.registry import DECLARED
 
-    declared = METHODS.get(method)
+    declared = DECLARED.get(method)
     if declared is None:
         return
     for param, values in axes.items():

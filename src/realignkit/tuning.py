@@ -16,6 +16,11 @@ chunk, close ones the whole split. The chosen model is then checked for over-ref
 validation benign prompts (when ``max_over_refusal`` is given: over-refusal grows with the
 strength, so a weakest-meeting setting that over-refuses means no setting meets both) and
 evaluated once on the *test* split, which must not share a prompt with the validation split.
+
+``grid`` replaces the search by the exhaustive baseline it saves: every listed value built
+and judged on the whole validation split, the weakest that meets the target chosen (the
+same model cache, over-refusal check and test evaluation), so the two can be compared on
+models built and wall time.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +38,7 @@ from typing import Any
 from realignkit.errors import RealignError
 from realignkit.eval.stats import Rate, rate_with_interval, wilson_interval
 from realignkit.methods.base import Method
-from realignkit.methods.registry import RealignJob, load_all, load_methods
+from realignkit.methods.registry import Declaration, RealignJob, load_all, load_declarations
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -69,6 +75,10 @@ class TuneResult:
     test_harmfulness: Rate | None = None
     test_over_refusal: Rate | None = None
     models_built: int = 0
+    search_seconds: float = 0.0  # wall time of the probes (builds and validation judging)
+    seconds: float = 0.0  # the whole call, the final checks included
+    search_cpu_seconds: float = 0.0  # this process's CPU time for the probes (load-free cost)
+    cpu_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -164,7 +174,7 @@ def sequential_decision(flags: Sequence[bool], target: float, chunk: int) -> tup
     return k / max(n, 1) <= target, False, n
 
 
-def _strength_param(method: Method, name: str) -> Any:
+def _strength_param(method: Method | Declaration, name: str) -> Any:
     param = method.param(name)
     if param.safer not in ("higher", "lower") or param.type not in (int, float):
         strengths = [p.name for p in method.params if p.safer]
@@ -195,16 +205,19 @@ def tune(
     batch_size: int = 16,
     judge: str = "keyword",
     device: str | None = None,
+    grid: Sequence[float] | None = None,
 ) -> TuneResult:
     """Find the weakest ``param`` of ``method`` whose validation harmfulness is ≤ the target.
 
     ``job`` holds the inputs (as the sweep's :class:`RealignJob`); ``job.params`` fixes the
     method's other parameters. See the module docstring for the search.
     """
-    declared = load_methods()
+    declared = {
+        name: d for name, d in load_declarations().items() if any(p.safer for p in d.params)
+    }
     if method not in declared:
         raise RealignError(
-            f"unknown method {method!r}; tune works on declared methods: "
+            f"unknown method {method!r}; tune works on methods that declare a strength: "
             + ", ".join(sorted(declared))
         )
     chosen_method = declared[method]
@@ -223,6 +236,10 @@ def tune(
         raise RealignError(f"give --low < --high for {method}.{param}")
     for end in (lo, hi):
         strength.check(end, f"{method}.{param}")
+    if grid is not None:
+        if not grid:
+            raise RealignError("--grid needs at least one value")
+        grid = sorted({strength.check(v, f"{method}.{param}") for v in grid})
     if steps < 0 or chunk < 1:
         raise RealignError("--steps must be >= 0 and --chunk >= 1")
     validation = read_split(validation_harmful)
@@ -235,6 +252,7 @@ def tune(
     if max_over_refusal is not None and benign_val is None:
         raise RealignError("--max-over-refusal needs --validation-benign prompts")
 
+    started, cpu_started = time.perf_counter(), time.process_time()
     out = Path(out_dir).expanduser().resolve()
     (out / "models").mkdir(parents=True, exist_ok=True)
     recipe = load_all()[method]
@@ -262,7 +280,9 @@ def tune(
             if record.get("key") == key:
                 adapter = record.get("adapter")
                 return Path(record["model"]), Path(adapter) if adapter else None, False
-        job_here = RealignJob(**{**vars(job), "params": {**job.params, param: value}})
+        # the given values as the declaration coerced them (a --set string becomes its type)
+        given = {k: params[k] for k in {**job.params, param: value}}
+        job_here = RealignJob(**{**vars(job), "params": given})
         realigned = recipe(job_here, folder)
         record_path.write_text(
             json.dumps(
@@ -275,16 +295,18 @@ def tune(
         )
         return realigned.model, realigned.adapter, True
 
-    def probe(value: float) -> Probe:
+    def probe(value: float, every: bool = False) -> Probe:
+        """Judge ``value`` a chunk at a time until settled (``every``: the whole split)."""
         model, adapter, was_built = model_for(value)
         built[value] = (model, adapter)
         judged = _Judged(model, adapter, settings)
+        step = len(validation) if every else chunk
         try:
             flags: list[bool] = []
             meets = settled = False
             while len(flags) < len(validation):
-                flags += judged.harmful(validation[len(flags) : len(flags) + chunk])
-                meets, settled, _ = sequential_decision(flags, target_harmfulness, chunk)
+                flags += judged.harmful(validation[len(flags) : len(flags) + step])
+                meets, settled, _ = sequential_decision(flags, target_harmfulness, step)
                 if settled:
                     break
         finally:
@@ -307,7 +329,16 @@ def tune(
         )
         return found
 
-    if not probe(strong).meets:
+    if grid is not None:
+        order = grid if strength.safer == "higher" else grid[::-1]  # weakest first
+        probes = [probe(v, every=True) for v in order]
+        meeting = [p.value for p in probes if p.meets]
+        if meeting:
+            result.chosen = meeting[0]
+            result.reason = f"the weakest of the {len(order)} grid values that meets the target"
+        else:
+            result.reason = f"none of the {len(order)} grid values meets the target"
+    elif not probe(strong).meets:
         result.reason = f"even {param}={strong:g} misses the target on the validation split"
     elif probe(weak).meets:
         result.chosen, result.reason = weak, "the weakest setting already meets the target"
@@ -328,6 +359,8 @@ def tune(
             f"weakest setting found that meets the target; the next weaker one probed "
             f"({failing:g}) misses it"
         )
+    result.search_seconds = round(time.perf_counter() - started, 1)
+    result.search_cpu_seconds = round(time.process_time() - cpu_started, 1)
     if result.chosen is not None:
         model, adapter = built[result.chosen]
         result.model, result.adapter = str(model), str(adapter) if adapter else None
@@ -355,6 +388,8 @@ def tune(
                 )
         finally:
             judged.close()
+    result.seconds = round(time.perf_counter() - started, 1)
+    result.cpu_seconds = round(time.process_time() - cpu_started, 1)
     (out / "tune.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return result
 
@@ -384,5 +419,9 @@ def path_text(result: TuneResult) -> str:
                 f"{label}: {rate.k}/{rate.n} = {iv['rate']:.3f} "
                 f"(95% CI {iv['low']:.3f}–{iv['high']:.3f})"
             )
-    lines.append(f"models built: {result.models_built} (of {len(result.path)} probes)")
+    lines.append(
+        f"models built: {result.models_built} (of {len(result.path)} probes); wall time "
+        f"{result.search_seconds:.0f} s searching, {result.seconds:.0f} s in all "
+        f"(CPU {result.search_cpu_seconds:.0f} s and {result.cpu_seconds:.0f} s)"
+    )
     return "\n".join(lines)

@@ -46,6 +46,10 @@ def tune_cmd(
         Path | None,
         typer.Option(help="Harmful prompts with safe responses, for methods that need them."),
     ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="Downstream-task rows, for methods that recalibrate on them (IRR)."),
+    ] = None,
     max_over_refusal: Annotated[
         float | None, typer.Option(help="Highest acceptable over-refusal (validation benign).")
     ] = None,
@@ -58,6 +62,13 @@ def tune_cmd(
     low: Annotated[float | None, typer.Option(help="Search from (default: declared).")] = None,
     high: Annotated[float | None, typer.Option(help="Search to (default: declared).")] = None,
     steps: Annotated[int, typer.Option(help="Bisection steps after the two ends.")] = 5,
+    grid: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated values: judge each on the whole validation split instead of "
+            "searching (the exhaustive baseline), keep the weakest that meets the target."
+        ),
+    ] = None,
     chunk: Annotated[int, typer.Option(help="Prompts judged between interval checks.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens per greedy answer.")] = 64,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 16,
@@ -85,6 +96,7 @@ def tune_cmd(
         pretrained=Path(pretrained) if pretrained else None,
         safety_model=Path(safety_model) if safety_model else None,
         harmful=safety_data,
+        calibration=calibration,
         workdir=Path(out) / "work",
         seed=seed,
         params=fixed,
@@ -108,5 +120,6 @@ def tune_cmd(
         batch_size=batch_size,
         judge=judge,
         device=device,
+        grid=None if grid is None else [v.strip() for v in grid.split(",") if v.strip()],
     )
     typer.echo(path_text(result))

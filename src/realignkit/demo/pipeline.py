@@ -612,17 +612,10 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     marker.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
 
 
-# Grids of the methods that do not declare one (declared methods carry their `sweep_grid`).
-SWEEP_GRIDS: dict[str, dict[str, Any]] = {
-    "irr": {"rho": [0.3, 0.5, 1.0]},
-    "safelora": {"threshold": [0.3, 0.5, 0.7]},
-}
-
-
 def sweep_config(world: Path, kind: str, size: DemoSize) -> dict[str, Any]:
     """A `realignkit sweep` config over one seed's world (``kind``: the full or LoRA fine-tune),
-    with every registered method that has a grid in :data:`SWEEP_GRIDS`."""
-    from realignkit.methods.registry import load_all, load_methods
+    with every registered method that declares a grid (``sweep_grid``)."""
+    from realignkit.methods.registry import load_all, load_declarations
 
     ckpt, data = world / "checkpoints", world / "data"
     models = {
@@ -633,8 +626,7 @@ def sweep_config(world: Path, kind: str, size: DemoSize) -> dict[str, Any]:
         ("finetuned" if kind == "full" else "adapter"): ckpt / f"finetuned-{kind}",
     }
     recipes = load_all()
-    grids = {name: dict(m.sweep_grid) for name, m in load_methods().items() if m.sweep_grid}
-    grids |= SWEEP_GRIDS
+    grids = {name: dict(d.sweep_grid) for name, d in load_declarations().items() if d.sweep_grid}
     return {
         "models": {k: str(v) for k, v in models.items()},
         "data": {

@@ -233,7 +233,9 @@ class Method:
     A weight method edits the decoder blocks' 2-D weights, plus the kinds of a declared
     ``include`` parameter (``targets="linears"``: their linear layers only).
     ``sweep_defaults`` are the settings the sweep's recipe starts from; ``sweep_grid`` is the
-    grid a demo sweeps when nobody chose one.
+    grid a demo sweeps when nobody chose one; ``paper`` the setting its paper reports (the
+    real-model demo and benchmark run every recipe that declares one there, so a new method
+    joins them by declaring it).
     """
 
     name: str
@@ -283,6 +285,7 @@ class Method:
     # (a registry job, params, output folder) → inputs the registry derives for this method
     # (IRR: the Fisher scores of the aligned model on the job's harmful prompts)
     job_inputs: Callable[[Any, Mapping[str, Any], Any], dict[str, Any]] | None = None
+    paper: Mapping[str, Any] = field(default_factory=dict)  # the paper's setting (the demos)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -294,6 +297,8 @@ class Method:
             raise ValueError("a method has exactly one of edit_weight and edit_layer")
         if self.runs not in ("aligned", "finetuned") or self.data not in DATA_INPUTS:
             raise ValueError(f"method {self.name!r}: runs {self.runs!r} on {self.data!r}?")
+        if self.paper:
+            self.resolve(self.paper, where="paper setting: ")
 
     @property
     def param_names(self) -> list[str]:

@@ -763,6 +763,7 @@ IRR = Method(
     prepare_when=lambda params: params["budget"] == "global",
     job_inputs=_job_inputs,
     cli=False,  # `realignkit irr` keeps its own options (--sparsity, --official, ...)
+    paper={"rho": 0.5},  # the IRR paper's defaults: ρ = 0.5, Fisher mask, recalibration
     sweep_grid={"rho": [0.3, 0.5, 1.0]},
 )
 

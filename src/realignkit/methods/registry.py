@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from realignkit.errors import RealignError
 from realignkit.execute import Sources, execute
-from realignkit.methods.base import Method
+from realignkit.methods.base import Method, Param
 
 NOT_METHODS = ("base", "registry")
 
@@ -61,16 +62,83 @@ class Realigned:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Declaration:
+    """What a hand-written recipe declares about itself (a declared :class:`Method` says it all
+    in its own declaration): its checked parameters (``params``; strengths carry ``safer`` and
+    ``search`` for ``tune``), the other parameter names it accepts unchecked (``accepts``),
+    its paper's setting and its demo grid."""
+
+    name: str
+    params: tuple[Param, ...] = ()
+    accepts: tuple[str, ...] = ()
+    paper: Mapping[str, Any] = field(default_factory=dict)
+    sweep_grid: Mapping[str, Any] = field(default_factory=dict)
+    sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.paper:
+            self.resolve(self.paper, where="paper setting: ")
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params] + list(self.accepts)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise RealignError(
+            f"method {self.name!r} has no declared parameter {name!r}; "
+            f"its parameters: {', '.join(self.param_names)}"
+        )
+
+    def resolve(
+        self, values: Mapping[str, Any], *, where: str | None = None, sweep: bool = False
+    ) -> dict[str, Any]:
+        """The given values, the declared ones checked (defaults filled in); a name neither
+        declared nor accepted is a one-line error."""
+        known = {p.name: p for p in self.params}
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known and key not in self.accepts:
+                raise RealignError(
+                    f"{where or ''}method {self.name!r} has no parameter {key!r}; "
+                    f"its parameters: {', '.join(self.param_names)}"
+                )
+            if sweep and key in known and not known[key].sweepable:
+                raise RealignError(f"{where or ''}{self.name}.{key} cannot be swept")
+            out[key] = value
+        prefix = f"{where}{self.name}." if where is not None else None
+        for p in self.params:
+            label = f"{prefix}{p.name}" if prefix is not None else None
+            out[p.name] = p.check(values.get(p.name, p.default), label)
+        return out
+
+
 Recipe = Callable[[RealignJob, Path], Realigned]
 RECIPES: dict[str, Recipe] = {}
 METHODS: dict[str, Method] = {}
+DECLARED: dict[str, Method | Declaration] = {}
 
 
-def recipe(name: str) -> Callable[[Recipe], Recipe]:
-    """Register a recipe under ``name``."""
+def recipe(
+    name: str,
+    *,
+    params: Sequence[Param] = (),
+    accepts: Sequence[str] = (),
+    paper: Mapping[str, Any] | None = None,
+    sweep_grid: Mapping[str, Any] | None = None,
+) -> Callable[[Recipe], Recipe]:
+    """Register a hand-written recipe under ``name``, with what it declares (see
+    :class:`Declaration`)."""
+    declaration = Declaration(
+        name, tuple(params), tuple(accepts), dict(paper or {}), dict(sweep_grid or {})
+    )
 
     def register(fn: Recipe) -> Recipe:
         RECIPES[name] = fn
+        DECLARED[name] = declaration
         return fn
 
     return register
@@ -115,6 +183,7 @@ def register_method(method: Method) -> Method:
     """Register a declared method (its recipe included)."""
     METHODS[method.name] = method
     RECIPES[method.name] = declared_recipe(method)
+    DECLARED[method.name] = method
     return method
 
 
@@ -143,3 +212,16 @@ def load_methods() -> dict[str, Method]:
     """The declared methods (after importing every method module)."""
     load_all()
     return METHODS
+
+
+def load_declarations() -> dict[str, Method | Declaration]:
+    """What every recipe declares: its :class:`Method`, or a hand-written recipe's
+    :class:`Declaration` (after importing every method module)."""
+    load_all()
+    return DECLARED
+
+
+def paper_settings() -> dict[str, dict[str, Any]]:
+    """``{recipe: its paper's setting}`` for every recipe that declares one, in registration
+    order: what the real-model demo and benchmark run."""
+    return {name: dict(d.paper) for name, d in load_declarations().items() if d.paper}

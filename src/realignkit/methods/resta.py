@@ -203,6 +203,7 @@ RESTA = Method(
     needs_when=_needs_when,
     card=_card,
     sweep_grid={"gamma": [0.25, 0.5, 1.0, 1.5]},
+    paper={"gamma": 0.5},  # the RESTA paper's γ
     validate=_check_include,
     memory=_memory,
 )
@@ -213,4 +214,5 @@ RESTA_DARE = replace(
     cli=False,
     sweep_defaults={"dare_p": 0.3},
     sweep_grid={"gamma": 0.5, "dare_p": [0.1, 0.3, 0.5]},
+    paper={"gamma": 0.5, "dare_p": 0.3},  # the RESTA paper's DARE drop rate
 )

@@ -182,4 +182,6 @@ SAFEDELTA = Method(
     sequential=False,
     card=_card,
     sweep_grid={"budget": [0.02, 0.1, 0.5]},
+    # the official code's scale (run_safedelta.py: s = 0.1, 128 samples of 512 tokens)
+    paper={"budget": 0.1, "selection": "official"},
 )

@@ -241,6 +241,8 @@ SAFELORA = Method(
             low=-1.0,
             high=1.0,
             optional=True,
+            safer="higher",
+            search=(-1.0, 1.0),
         ),
         Param(
             "num_layers", int, None, "Project the K least similar weights.", low=1, optional=True
@@ -260,6 +262,7 @@ SAFELORA = Method(
     report=_report,
     extra_meta=_safelora_json,
     cli=False,
+    paper={"threshold": 0.5},  # the Safe LoRA recipe's default threshold
     sweep_grid={"threshold": [0.3, 0.5, 0.7]},
 )
 # `safelora --full`: the same method under the name its outputs have carried.

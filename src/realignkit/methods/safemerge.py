@@ -128,4 +128,6 @@ SAFEMERGE = Method(
     orientation=True,
     card=_card,
     sweep_grid={"threshold": [0.3, 0.5, 0.7]},
+    # linear merging with equal weights; the paper tunes τ per model (0.5: Safe LoRA's)
+    paper={"threshold": 0.5, "merge": "linear", "weight": 0.5},
 )

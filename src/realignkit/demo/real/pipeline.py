@@ -12,9 +12,12 @@ whole experiment for one GPU):
     unalign    `unalign` of aligned on harmful→compliant answers                  → unaligned
                `compute_safety_vector`: v = θ_aligned − θ_unaligned               → safety-vector
     finetune   `finetune` of aligned on GSM8K train, full and LoRA, per seed     → ft-{kind}[-sN]
+    safety-ft  `finetune` of aligned on the alignment's harmful→refusal rows,   → safety-ft
+               only when a method needs a safety fine-tune (SafeMERGE)
     evaluate   original and aligned (test splits), aligned (validation split)
-    sweep      per fine-tune and seed: every registry method at the papers' settings (and any
-               extra grid), each evaluated (`realignkit.sweep.run_sweep`)
+    sweep      per fine-tune and seed: every registry method that declares its paper's setting
+               (``paper``), at that setting (and any extra grid), each evaluated
+               (`realignkit.sweep.run_sweep`)
     report     results.md / results.json / safety_utility.png (:mod:`.report`)
 
 Every stage skips itself when its output exists (outputs are written atomically), so a run
@@ -40,14 +43,36 @@ from realignkit.errors import RealignError
 
 log = logging.getLogger(__name__)
 
-PAPER_SETTINGS: dict[str, dict[str, Any]] = {
-    "resta": {"gamma": 0.5},
-    "resta+dare": {"gamma": 0.5, "dare_p": 0.3},
-    "irr": {"rho": 0.5},
-    "safelora": {"threshold": 0.5},
-}
-"""RESTA γ = 0.5 with DARE p = 0.3 (RESTA paper); IRR ρ = 0.5, per-128-column blocks, Fisher
-mask, recalibration (the IRR paper's defaults); Safe LoRA threshold 0.5 (the recipe default)."""
+
+def paper_settings() -> dict[str, dict[str, Any]]:
+    """Every recipe's paper setting, as the methods declare it (``paper`` on a
+    :class:`~realignkit.methods.base.Method` or a hand-written recipe's declaration): RESTA
+    γ = 0.5, with DARE p = 0.3; IRR ρ = 0.5; Safe LoRA threshold 0.5; Safe Delta s = 0.1
+    (official selection); SafeMERGE τ = 0.5, linear, α = 0.5. A new method joins the demo and
+    the benchmark by declaring its own."""
+    from realignkit.methods.registry import paper_settings as declared
+
+    return declared()
+
+
+def data_extras() -> dict[str, dict[str, Any]]:
+    """The demo's cheaper data for every method that runs the model on data (its declaration
+    has ``num_samples`` and ``max_length``): 32 rows of at most 160 tokens."""
+    from realignkit.methods.registry import load_declarations
+
+    out = {}
+    for name in paper_settings():
+        params = {p.name for p in load_declarations()[name].params}
+        if {"num_samples", "max_length"} <= params:
+            out[name] = {"num_samples": 32, "max_length": 160}
+    return out
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PAPER_SETTINGS":  # the old constant, now derived from the declarations
+        return paper_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 ALIGN_SUMMARY = (
     "SmolLM2-135M-Instruct safety-aligned for realignkit's real world: refuses harmful requests "
@@ -133,11 +158,15 @@ class Settings:
         )
     )
     finetunes: tuple[str, ...] = ("full", "lora")
-    # methods: the papers' settings, plus extra values swept per method and fine-tune
-    methods: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(PAPER_SETTINGS))
-    method_extras: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"irr": {"num_samples": 32, "max_length": 160}}
+    # SafeMERGE's safety fine-tune θ_S: the aligned model a little further on harmful→refusal
+    safety_finetune: TrainSpec = field(
+        default_factory=lambda: TrainSpec(
+            epochs=1, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True, bf16=True
+        )
     )
+    # methods: the papers' settings, plus extra values swept per method and fine-tune
+    methods: dict[str, dict[str, Any]] = field(default_factory=paper_settings)
+    method_extras: dict[str, dict[str, Any]] = field(default_factory=data_extras)
     sweep: dict[str, dict[str, dict[str, list[Any]]]] = field(default_factory=dict)
     # evaluation: prompts per test set (a seeded subsample; None: all)
     test_sizes: dict[str, int | None] = field(
@@ -228,7 +257,12 @@ def tiny_settings() -> Settings:
         finetune_lora=TrainSpec(
             steps=1, batch_size=2, max_length=192, lora=True, lora_r=4, warmup=0
         ),
-        methods={"resta": {"gamma": 0.5}, "safelora": {"threshold": 0.5}},
+        safety_finetune=one,
+        methods={
+            "resta": {"gamma": 0.5},
+            "safelora": {"threshold": 0.5},
+            "safemerge": {"threshold": 0.5},
+        },
         method_extras={},
         test_sizes={"catqa_en_heldout": 2, "dangerousqa": 2, "xstest_safe": 2},
         nll_limit=2,
@@ -521,6 +555,42 @@ class Run:
                     ),
                 )
 
+    def needs(self, what: str) -> bool:
+        """Whether a method of the settings needs ``what`` (an input of methods/base.py)."""
+        from realignkit.methods.registry import METHODS, load_all
+
+        load_all()
+        for method, paper in self.settings.methods.items():
+            declared = METHODS.get(method)
+            if declared is not None and what in declared.inputs_needed(declared.resolve(paper)):
+                return True
+        return False
+
+    @property
+    def safety_model(self) -> Path:
+        return self.paths.model("safety-ft")
+
+    def safety_finetune(self) -> None:
+        """SafeMERGE's safety fine-tune θ_S, once, when a method needs one: the aligned model
+        trained on the alignment's harmful→refusal rows (LoRA, merged: cheap on a CPU)."""
+        from realignkit.train import finetune
+
+        if not self.needs("safety_finetune"):
+            return
+        self._timed(
+            "safety-finetune",
+            self.safety_model.is_dir(),
+            lambda: finetune(
+                self.paths.model("aligned"),
+                self.paths.data("harmful_refusals.jsonl"),
+                self.safety_model,
+                self.settings.safety_finetune.config(self.settings.seed),
+                method="safety-finetune",
+                summary="The aligned model fine-tuned a little further on harmful prompts "
+                "with refusals: the safety model SafeMERGE merges from.",
+            ),
+        )
+
     def evaluate_references(self) -> None:
         """The models before any fine-tune: aligned (and original), on the test prompts; the
         aligned model on the validation prompts too when asked."""
@@ -549,6 +619,8 @@ class Run:
         }
         ft = self.paths.model(finetune_name(kind, seed))
         models["adapter" if kind == "lora" else "finetuned"] = str(ft)
+        if self.needs("safety_finetune"):
+            models["safety_model"] = str(self.safety_model)
         methods = {}
         for method, paper in self.settings.methods.items():
             grid: dict[str, list[Any]] = {k: [v] for k, v in paper.items()}
@@ -575,6 +647,7 @@ class Run:
         from realignkit.sweep import parse_config, run_sweep
 
         available = load_all()
+        self.safety_finetune()
         for ft_seed in self.settings.finetune_seeds if seed is None else (seed,):
             for kind in self.settings.finetunes:
                 config = self.sweep_config(kind, ft_seed)

@@ -140,9 +140,9 @@ def load_verdicts(report: Path) -> Verdicts:
 
 
 def _paper_setting(method: str, params: dict[str, Any]) -> bool:
-    from realignkit.demo.real.pipeline import PAPER_SETTINGS
+    from realignkit.demo.real.pipeline import paper_settings
 
-    paper = PAPER_SETTINGS.get(method)
+    paper = paper_settings().get(method)
     return paper is not None and all(params.get(k) == v for k, v in paper.items())
 
 
