@@ -21,6 +21,17 @@ PINNED = {
     "gpt2-recal": "7b8c44fccc084fbb8b15f970952a40bba9c5f98ec5dad5c79f3bfc32832134ce",
     "gpt2-recal-block128": "65210c3125826afbba8a6a53350d10150acd476c762702316e0052534a855db8",
 }
+# The same implementation's digests on an AVX2-only CPU (AMD EPYC Zen 3, 2026-12-02): float
+# reductions follow the CPU's kernels, so a digest is bit-identity on one kind of CPU.
+PINNED_AVX2 = {
+    "llama-recal": "7273b4e967eb243fba47f008d89b3937ddc0b75f599f51f7bd1168e3c42f640e",
+    "llama-plain": "42b02df0620da97d9af89bf7426b5e21e31984b4a2f08ce82d978c65d660a050",
+    "llama-recal-refine": "bb141e9c916bbc4b7f4d31f6a504ae7928eacf13bfbb69a8c057ea7b77dbcffd",
+    "llama-magnitude-matrix": "f9fec56c5d0cba6cbd80d97091ab47f1880b0655a513336be77e6681855b1c9a",
+    "gpt2-recal": "64bbf0012080ff7b417c8c6d5d9ab51e7a22f6df516bb9d479d522a5dde01f60",
+    "gpt2-recal-block128": "7526ba83bfcd64fd8ed3238bec2cda0819eb2ae4873fdaa55be7e75b1ae3c9b0",
+}
+PINNED_SETS = (PINNED, PINNED_AVX2)
 
 
 def tensor_digest(folder: Path) -> str:

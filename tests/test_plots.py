@@ -58,7 +58,7 @@ def test_compare_sweep_and_demo_share_one_axis_convention(drawn, tmp_path):
     plot_results([{**demo_row, "harmfulness": 0.4, "harmfulness_sd": 0.05}], tmp_path / "d.png")
 
     assert len(drawn) == 3
-    for (x_label, y_label, y_limits, _), in drawn:
+    for ((x_label, y_label, y_limits, _),) in drawn:
         assert y_label == plots.HARMFULNESS_LABEL  # down is safer, a share of prompts
         assert y_limits == plots.SHARE_LIMITS
         assert x_label.endswith("→")  # utility, right is better
