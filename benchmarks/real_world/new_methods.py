@@ -122,7 +122,7 @@ def split(world: Path, out: Path) -> None:
 
 
 def _rows_of(folder: Path, kind: str, seed: int, skip_baseline: bool) -> list[dict[str, Any]]:
-    from realignkit.demo.real.report import _paper_setting
+    from realignkit.demo.real.report import variant_row
     from realignkit.sweep import expand_variants, load_results, parse_config
 
     if not (folder / "config.json").is_file():
@@ -133,30 +133,9 @@ def _rows_of(folder: Path, kind: str, seed: int, skip_baseline: bool) -> list[di
         record = results.get(variant.id)
         if record is None or variant.id == "baseline-aligned":
             continue
-        if variant.method == "baseline":
-            if skip_baseline:
-                continue
-            label, method, setting, paper = f"ft-{kind}", "none", "", True
-        else:
-            label, method = f"ft-{kind} + {variant.method}", variant.method
-            setting = ", ".join(
-                f"{k}={v}"
-                for k, v in variant.params.items()
-                if k not in ("num_samples", "max_length")
-            )
-            paper = _paper_setting(variant.method, variant.params)
-        rows.append(
-            {
-                "model": label,
-                "finetune": kind,
-                "seed": seed,
-                "method": method,
-                "setting": setting,
-                "paper": paper,
-                "report": record.get("report", ""),
-                "info": {k: v for k, v in record.get("info", {}).items() if k != "layers"},
-            }
-        )
+        if variant.method == "baseline" and skip_baseline:
+            continue
+        rows.append(variant_row(variant, record, kind, seed))
     return rows
 
 

@@ -139,6 +139,28 @@ def load_verdicts(report: Path) -> Verdicts:
 # --- rows -------------------------------------------------------------------------------------
 
 
+def variant_row(variant: Any, record: dict[str, Any], kind: str, seed: int) -> dict[str, Any]:
+    """The table row of one sweep variant (its fine-tune, or a method on it), before rates."""
+    if variant.method == "baseline":
+        label, method, setting, paper = f"ft-{kind}", "none", "", True
+    else:
+        label, method = f"ft-{kind} + {variant.method}", variant.method
+        setting = ", ".join(
+            f"{k}={v}" for k, v in variant.params.items() if k not in ("num_samples", "max_length")
+        )
+        paper = _paper_setting(variant.method, variant.params)
+    return {
+        "model": label,
+        "finetune": kind,
+        "seed": seed,
+        "method": method,
+        "setting": setting,
+        "paper": paper,
+        "report": record.get("report", ""),
+        "info": {k: v for k, v in record.get("info", {}).items() if k != "layers"},
+    }
+
+
 def _paper_setting(method: str, params: dict[str, Any]) -> bool:
     from realignkit.demo.real.pipeline import paper_settings
 
@@ -177,28 +199,7 @@ def collect(run: Any) -> list[dict[str, Any]]:
                 record = results.get(variant.id)
                 if record is None or variant.id == "baseline-aligned":
                     continue
-                if variant.method == "baseline":
-                    label, method, setting, paper = f"ft-{kind}", "none", "", True
-                else:
-                    label, method = f"ft-{kind} + {variant.method}", variant.method
-                    setting = ", ".join(
-                        f"{k}={v}"
-                        for k, v in variant.params.items()
-                        if k not in ("num_samples", "max_length")
-                    )
-                    paper = _paper_setting(variant.method, variant.params)
-                rows.append(
-                    {
-                        "model": label,
-                        "finetune": kind,
-                        "seed": seed,
-                        "method": method,
-                        "setting": setting,
-                        "paper": paper,
-                        "report": record.get("report", ""),
-                        "info": record.get("info", {}),
-                    }
-                )
+                rows.append(variant_row(variant, record, kind, seed))
     for row in rows:
         row.update(measure_row(load_verdicts(Path(row["report"])), run.settings.test_sizes))
     return rows
