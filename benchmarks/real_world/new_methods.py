@@ -98,11 +98,13 @@ def sweep(world: Path, out: Path, kind: str, only: list[str] | None = None) -> P
     methods = new_methods(config)
     if only:
         methods = {k: v for k, v in methods.items() if k in only}
+    folder = out / "sweeps" / f"ft-{kind}"
+    if (folder / "config.json").is_file():  # an earlier --only run's methods stay in the table
+        methods = {**_json(folder / "config.json")["methods"], **methods}
     config["methods"] = methods
     config["models"]["safety_model"] = str(safety_ft(world, out))
     config["baselines"] = []  # the fine-tune's own report is the world's
     config["eval"]["generation_cache"] = str(out / "eval-cache")
-    folder = out / "sweeps" / f"ft-{kind}"
     _write(folder / "config.json", json.dumps(config, indent=2) + "\n")
     run_sweep(parse_config(config), folder, evaluate_fn=evaluate_model)
     return folder
