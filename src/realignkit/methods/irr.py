@@ -518,8 +518,9 @@ OFFICIAL_PARAM = Param(
     "official",
     bool,
     False,
-    "Start from what the official IRR code computes (every behaviour below); explicit "
-    "values still win.",
+    "Start from what the official IRR code computes (mask selection, ties, count rounding, "
+    "zero conflicts, dead columns, Hessian padding, calibration format and rows, block size, "
+    "max length); explicit values still win.",
 )
 PARAMS = (
     Param(
@@ -606,6 +607,7 @@ PARAMS = (
         "per-sample",
         "Recipes: how the Fisher scores of the aligned model are computed.",
         choices=FISHER_MODES,
+        cli=False,  # the command reads given --fisher scores (`realignkit fisher --mode`)
     ),
 )
 
@@ -746,7 +748,9 @@ IRR = Method(
     "identified, removed and the rest recalibrated.",
     kind="layer",
     params=PARAMS,
+    help="IRR: identify unsafe delta entries, reset them to the base model, recalibrate the rest.",
     needs=frozenset({"finetuned", "base", "safety_vector"}),
+    may_need=frozenset({"fisher", "calibration"}),
     edit_layer=edit_layer,
     needs_when=_needs_when,
     validate=_validate,
@@ -762,7 +766,7 @@ IRR = Method(
     prepare=_global_cutoff,
     prepare_when=lambda params: params["budget"] == "global",
     job_inputs=_job_inputs,
-    cli=False,  # `realignkit irr` keeps its own options (--sparsity, --official, ...)
+    cli=False,  # `realignkit irr` adds --sparsity and --true-sequential (cli/irr.py)
     paper={"rho": 0.5},  # the IRR paper's defaults: ρ = 0.5, Fisher mask, recalibration
     sweep_grid={"rho": [0.3, 0.5, 1.0]},
 )
