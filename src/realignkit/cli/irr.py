@@ -140,7 +140,7 @@ def _irr_written(output: Output) -> str:
 
 
 def _register_irr() -> None:
-    from realignkit.methods.irr import IRR
+    from realignkit.methods.irr import IRR, OFFICIAL_PANEL
 
     extra = [
         inspect.Parameter(
@@ -148,7 +148,10 @@ def _register_irr() -> None:
             KW,
             annotation=Annotated[
                 float | None,
-                typer.Option(help="The official code's knob: the same as --rho 1-s."),
+                typer.Option(
+                    help="The official code's knob: the same as --rho 1-s.",
+                    rich_help_panel=OFFICIAL_PANEL,
+                ),
             ],
             default=None,
         ),
@@ -160,6 +163,7 @@ def _register_irr() -> None:
                 typer.Option(
                     "--true-sequential",
                     help="The official driver's flag: edit only q_proj and v_proj.",
+                    rich_help_panel=OFFICIAL_PANEL,
                 ),
             ],
             default=False,

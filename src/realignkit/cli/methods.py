@@ -158,7 +158,8 @@ def param_option(param: Param) -> tuple[Any, Any]:
         if param.type is bool:
             shown = param.option if default else f"--no-{param.option.removeprefix('--')}"
         text += f" Default: {shown}."
-    return Annotated[kind | None, typer.Option(*decls, help=text, show_default=False)], None
+    option = typer.Option(*decls, help=text, show_default=False, rich_help_panel=param.panel)
+    return Annotated[kind | None, option], None
 
 
 def command_options(method: Method, command: Command | None = None) -> list[inspect.Parameter]:

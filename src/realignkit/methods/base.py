@@ -72,6 +72,7 @@ class Param:
     optional: bool = False  # None is a valid value (meaning "off" or "derive it")
     multiple: bool = False  # a list of values (a repeatable CLI option)
     cli: bool = True  # an option of the method's command
+    panel: str | None = None  # the section of the command's help it is listed in
     # A strength: which way is safer ("higher" / "lower") and where `tune` searches.
     safer: str | None = None
     search: tuple[float, float] | None = None
