@@ -25,7 +25,6 @@ and no method: method modules stand above it.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -45,17 +44,13 @@ from realignkit.checkpoint import (
     check_same_layout,
     ensure_finite,
 )
-from realignkit.checkpoint.card import (
-    described,
-    write_documents,
-)
+from realignkit.checkpoint.card import described, write_documents
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
 from realignkit.methods.base import DATA_INPUTS, Edit, LayerInputs, Method, WeightInputs
 from realignkit.ops.selection import is_selected, parse_include, tensor_kind
 
-log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 
@@ -450,11 +445,11 @@ def _run_weights(
         edits = {name: name for name in selected}
         keys, read, size = weights.names, weights.get, weights.nbytes
 
-    def realign(key: str) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    def realign(key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
         stored = read(key)
         name = edits.get(key)
         if name is None:
-            return stored, None
+            return {key: stored}, None
         given = (
             inputs_of(name)
             if adapter is not None
@@ -463,7 +458,7 @@ def _run_weights(
         if chosen is not None:
             given.score, given.chosen = scores[name], name in chosen
         edit = edit_weight(given, params)
-        return _checked(key, edit, stored), edit.stats
+        return {key: _checked(key, edit, stored)}, edit.stats
 
     output = Output(Path(out), method.name, params, form="adapter" if adapter else "model")
     inputs = opened.describe(sources)
@@ -478,10 +473,9 @@ def _run_weights(
             out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
         )
     with writer:
-        for key, (tensor, stats) in map_ordered(
+        for key, stats in writer.stream(
             realign, keys, workers=workers, desc=method.name, weights=size
         ):
-            writer.add(key, tensor)
             if key in edits:
                 output.edited.append(edits[key])
                 if stats:
@@ -662,8 +656,8 @@ def _run_layers(
             for layer, name in tqdm(layers, desc=method.name, disable=not progress):
                 edit(layer, name, None)
         edited = set(output.edited)
-        for name in _rest(weights.names, edited):
-            writer.add(name, weights.get(name))
+        rest = [name for name in weights.names if name not in edited]
+        for name, _ in writer.stream(lambda n: ({n: weights.get(n)}, None), rest):
             output.copied.append(name)
         writer.copy_support_files(*weights.support_dirs)
         extra = {f"{method.data.replace('_', ' ')} tokens": tokens} if runs_model else {}
@@ -767,7 +761,3 @@ def _running_model(
                 with torch.no_grad():
                     param.copy_(weights.get(name).to(param.dtype))
     return model
-
-
-def _rest(names: list[str], done: set[str]) -> Iterator[str]:
-    return (n for n in names if n not in done)

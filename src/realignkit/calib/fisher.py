@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from realignkit._version import __version__
 from realignkit.calib.blocks import LinearLayer, decoder_linears, select_modules
 from realignkit.calib.text import IGNORE, Encoded, encode_chat, make_batches, pad_batch, pad_id_of
 from realignkit.checkpoint.artifact import FISHER_FILE, FISHER_FORMAT
@@ -161,42 +160,28 @@ def _fisher_pass(
     return {name: total / steps for name, total in sums.items()}
 
 
-@torch.no_grad()
-def generate_responses(
+def _greedy_answers(
     model: nn.Module,
     tokenizer: Any,
     prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
-    max_length: int = 512,
-    progress: bool = True,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool,
 ) -> list[str]:
-    """Greedy answers of ``model`` to ``prompts`` in its chat format (left-padded batches)."""
-    device = input_device(model)
-    pad_id = pad_id_of(tokenizer)
+    """The aligned model's own safe responses: greedy answers from the one generator
+    (:class:`~realignkit.eval.generate.HFGenerator`: the chat format, left-padded batches),
+    trimmed, since a response is rendered after the prompt with its own leading space."""
+    from realignkit.chat import render_prompt
+    from realignkit.eval.generate import GenerationSettings, HFGenerator
+
+    generator = HFGenerator(model, tokenizer)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    texts = [render_prompt(tokenizer, p) for p in prompts]
     answers: list[str] = []
-    starts = range(0, len(prompts), batch_size)
+    starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="generate safe responses", disable=not progress):
-        encoded = [
-            encode_chat(tokenizer, p, None, max_length=max_length).ids
-            for p in prompts[start : start + batch_size]
-        ]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(encoded):
-            input_ids[i, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[i, width - len(ids) :] = 1
-        output = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-        )
-        for row in output[:, width:]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        batch = generator.generate(texts[start : start + batch_size], settings)
+        answers += [samples[0].strip() for samples in batch]
     return answers
 
 
@@ -251,7 +236,6 @@ def compute_fisher(
 ) -> Path:
     """`realignkit fisher`: score the aligned model ``model`` on ``harmful`` and write ``out``."""
     from realignkit.checkpoint import CheckpointWriter
-    from realignkit.checkpoint.card import described, write_documents
     from realignkit.modeling import load_causal_lm, load_tokenizer
 
     if mode not in FISHER_MODES:
@@ -279,15 +263,7 @@ def compute_fisher(
     layers = select_modules(decoder_linears(lm), modules)
     prompts = [str(r["prompt"]) for r in rows]
     if generate:
-        responses = generate_responses(
-            lm,
-            tokenizer,
-            prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            max_length=max_length,
-            progress=progress,
-        )
+        responses = _greedy_answers(lm, tokenizer, prompts, max_new_tokens, batch_size, progress)
     else:
         responses = [str(r["response"]) for r in rows]
     encoded = [
@@ -318,9 +294,6 @@ def compute_fisher(
         ensure_finite(tensor, name, f"the Fisher scores of {str(model)!r} (try --dtype fp32)")
     model_dir = Path(getattr(lm, "name_or_path", "") or model)
     meta = {
-        "format": FORMAT,
-        "version": 1,
-        "realignkit_version": __version__,
         "model": str(model),
         "architecture": (lm.config.architectures or [lm.config.model_type])[0],
         "mode": mode,
@@ -331,31 +304,18 @@ def compute_fisher(
         "generated_responses": generate,
         "data": str(harmful),
         "modules": sorted({layer.short.split(".")[-1] for layer in layers}),
-        "tensors": {name: list(t.shape) for name, t in scores.items()},
     }
-    with writer:
-        for name, tensor in scores.items():
-            writer.add(name, tensor.cpu())
-        writer.write_json(META_FILE, meta)
-        if generate:
-            pairs = zip(prompts, responses, strict=True)
-            lines = [json.dumps({"prompt": p, "response": r}) for p, r in pairs]
-            (writer.path / "responses.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        counts = ("samples", "response_tokens")
-        write_documents(
-            writer,
-            method="fisher",
-            version=1,
-            summary="Diagonal Fisher safety-importance scores for `realignkit irr`. "
-            "Not a model: it holds one fp32 score per weight of the edited layers.",
-            parameters={
-                k: meta[k]
-                for k in ("mode", "batch_size", "max_length", "generated_responses", "modules")
-            },
-            inputs=described({"model": model_dir, "harmful data": harmful}),
-            totals={k: meta[k] for k in counts},
-            edited=len(scores),
-            copied=0,
-            weights={name: {"shape": shape} for name, shape in meta["tensors"].items()},
-        )
+    files = None
+    if generate:
+        pairs = zip(prompts, responses, strict=True)
+        lines = [json.dumps({"prompt": p, "response": r}) for p, r in pairs]
+        files = {"responses.jsonl": "\n".join(lines) + "\n"}
+    FisherScores.write(
+        writer,
+        lambda name: ({name: scores[name].cpu()}, list(scores[name].shape)),
+        list(scores),
+        meta=meta,
+        inputs={"model": model_dir, "harmful data": harmful},
+        files=files,
+    )
     return Path(out)

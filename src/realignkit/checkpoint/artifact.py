@@ -1,22 +1,29 @@
 """Folders of tensors that are not models: safety vectors and Fisher scores.
 
 Each is safetensors shards plus one JSON index whose ``format`` names the kind and whose
-``tensors`` lists every tensor. Methods read them one tensor at a time through the interface
-they share with models (:class:`TensorSource`: checkpoints, fine-tuned weights, artifacts),
-so layout checks (:func:`~realignkit.checkpoint.finetuned.check_same_layout`) and the executor
-treat them alike.
+``tensors`` lists every tensor, and the card and ``realignkit.json`` every output carries.
+Methods read them one tensor at a time through the interface they share with models
+(:class:`TensorSource`: checkpoints, fine-tuned weights, artifacts), so layout checks
+(:func:`~realignkit.checkpoint.finetuned.check_same_layout`) and the executor treat them
+alike; :meth:`ArtifactFolder.write` is the one way they are written (through the shard
+writer's streaming loop, :meth:`~realignkit.checkpoint.writer.CheckpointWriter.stream`, the
+executor's too).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
+from realignkit._version import __version__
+from realignkit.checkpoint.card import described, write_documents
 from realignkit.checkpoint.reader import CheckpointReader
+from realignkit.checkpoint.writer import CheckpointWriter
 from realignkit.errors import RealignError
 
 PathLike = str | os.PathLike[str]
@@ -60,6 +67,11 @@ class ArtifactFolder:
     kind: ClassVar[str]  # "a safety vector folder"
     not_format: ClassVar[str]  # "not a realignkit safety vector"
     made_by: ClassVar[str]  # "`realignkit safety-vector`"
+    # what realignkit.json and the card say: the maker's name, a summary, and which fields
+    # of the index are the parameters it was made with
+    maker: ClassVar[str]  # "safety-vector"
+    summary: ClassVar[str]
+    parameters: ClassVar[tuple[str, ...]]
 
     def __init__(self, path: PathLike) -> None:
         folder = Path(path).expanduser()
@@ -84,6 +96,62 @@ class ArtifactFolder:
                         "is damaged"
                     )
         self.names: list[str] = list(self._tensors)
+
+    @classmethod
+    def write(
+        cls,
+        writer: CheckpointWriter,
+        produce: Callable[[str], tuple[Mapping[str, torch.Tensor], Any]],
+        names: Sequence[str],
+        *,
+        meta: Mapping[str, Any],
+        inputs: Mapping[str, Any],
+        workers: int = 1,
+        desc: str | None = None,
+        weights: Callable[[str], int] | None = None,
+        files: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Write one artifact folder through ``writer`` (made, not entered, by the caller, so
+        that a bad output location is refused before any work), all or nothing.
+
+        ``produce(name)`` gives the stored tensors of ``name`` and its index entry, streamed
+        by :meth:`CheckpointWriter.stream`; then the index (``format``, ``version``, the
+        realignkit version, ``meta``, ``tensors``), the text ``files``, the card and
+        ``realignkit.json`` (``inputs``: role → path). Returns the index.
+        """
+        entries: dict[str, Any] = {}
+        with writer:
+            for name, entry in writer.stream(
+                produce, names, workers=workers, desc=desc, weights=weights
+            ):
+                entries[name] = entry
+            index = {"format": cls.format, "version": 1, "realignkit_version": __version__}
+            index.update(meta)
+            index["tensors"] = entries
+            writer.write_json(cls.index_file, index)
+            for filename, text in (files or {}).items():
+                (writer.path / filename).write_text(text, encoding="utf-8")
+            write_documents(
+                writer,
+                method=cls.maker,
+                version=1,
+                summary=cls.summary,
+                parameters={key: index[key] for key in cls.parameters},
+                inputs=described(inputs),
+                totals=cls._totals(index),
+                edited=len(entries),
+                copied=0,
+                weights={name: cls._described_entry(e) for name, e in entries.items()},
+            )
+        return index
+
+    @classmethod
+    def _totals(cls, index: Mapping[str, Any]) -> dict[str, Any]:
+        return {"tensors": len(index["tensors"])}
+
+    @classmethod
+    def _described_entry(cls, entry: Any) -> Any:
+        return entry
 
     def _stored_keys(self, name: str, entry: Any) -> tuple[str, ...]:
         return (name,)
@@ -129,6 +197,12 @@ class SafetyVector(ArtifactFolder):
     kind = "a safety vector folder"
     not_format = "not a realignkit safety vector"
     made_by = "`realignkit safety-vector`"
+    maker = "safety-vector"
+    summary = (
+        "A safety vector v = θ_aligned − θ_unaligned, for `realignkit resta` and `realignkit "
+        "irr`. It is not a model: it cannot be loaded on its own."
+    )
+    parameters = ("form", "dtype")
 
     def __init__(self, path: PathLike) -> None:
         super().__init__(path)
@@ -176,6 +250,20 @@ class FisherScores(ArtifactFolder):
     kind = "a Fisher folder"
     not_format = "not realignkit Fisher scores"
     made_by = "`realignkit fisher`"
+    maker = "fisher"
+    summary = (
+        "Diagonal Fisher safety-importance scores for `realignkit irr`. Not a model: it holds "
+        "one fp32 score per weight of the edited layers."
+    )
+    parameters = ("mode", "batch_size", "max_length", "generated_responses", "modules")
+
+    @classmethod
+    def _totals(cls, index: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: index[key] for key in ("samples", "response_tokens")}
+
+    @classmethod
+    def _described_entry(cls, entry: Any) -> Any:
+        return {"shape": entry}
 
     def _missing(self, name: str) -> str:
         return f"tensor {name!r} has no Fisher scores in {self.dir}"

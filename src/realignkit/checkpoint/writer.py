@@ -18,10 +18,10 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import torch
 from safetensors.torch import save_file
@@ -37,7 +37,10 @@ from realignkit.checkpoint.output import (
     temporary_name,
 )
 from realignkit.checkpoint.reader import SAFETENSORS_DTYPES
+from realignkit.checkpoint.stream import map_ordered
 from realignkit.errors import RealignError
+
+T = TypeVar("T")
 
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 
@@ -244,6 +247,30 @@ class CheckpointWriter:
         self._pending_bytes += nbytes
         self._names.add(name)
         self.total_bytes += nbytes
+
+    def stream(
+        self,
+        produce: Callable[[str], tuple[Mapping[str, torch.Tensor], T]],
+        names: Sequence[str],
+        *,
+        workers: int = 1,
+        desc: str | None = None,
+        weights: Callable[[str], int] | None = None,
+    ) -> Iterator[tuple[str, T]]:
+        """The one streaming loop of every output: ``produce(name)`` gives the tensors to store
+        for ``name`` (by their stored names) and anything else about it; ``workers`` threads
+        compute ahead (:func:`~realignkit.checkpoint.stream.map_ordered`), the tensors are
+        added in the order of ``names``, and ``(name, anything else)`` is yielded after each.
+
+        Memory holds the few tensors computed ahead plus the shard being filled, whatever the
+        number of names.
+        """
+        for name, (tensors, info) in map_ordered(
+            produce, names, workers=workers, desc=desc, weights=weights
+        ):
+            for key, tensor in tensors.items():
+                self.add(key, tensor)
+            yield name, info
 
     def _write_planned(self, name: str, tensor: torch.Tensor) -> None:
         """Append one planned tensor to its shard file (opening the shard, header first)."""

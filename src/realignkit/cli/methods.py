@@ -2,15 +2,22 @@
 
 The options of a command are the inputs the method declares (the fine-tuned model as
 ``--finetuned`` or ``--base``/``--adapter``, ``--safety-vector``, ``--aligned``...), then its
-parameters (name, type, default and help from :class:`~realignkit.methods.base.Param`), then
-the executor's options. A new method module gets its command without an edit here.
+parameters (name, type, range and help from :class:`~realignkit.methods.base.Param`), then
+the executor's options. A parameter's option has no default of its own: a value not given is
+left to :meth:`~realignkit.methods.base.Method.resolve`, which fills in the declared default
+(shown in the help) or a preset's (IRR's ``--official``), and which refuses an out-of-range
+value in one line. A new method module gets its command without an edit here; a command with
+options of its own (IRR's ``--sparsity``, Safe LoRA's ``--full``) adds them with a
+:class:`Command` (see ``cli/irr.py`` and ``cli/safelora.py``).
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +26,7 @@ from realignkit.cli.options import (
     Adapter,
     AllowPickle,
     Device,
+    Dtype,
     Finetuned,
     Out,
     Overwrite,
@@ -27,6 +35,9 @@ from realignkit.cli.options import (
     Workers,
 )
 from realignkit.methods.base import Method, Param
+
+if TYPE_CHECKING:
+    from realignkit.execute import Output
 
 KW = inspect.Parameter.KEYWORD_ONLY
 
@@ -86,42 +97,90 @@ INPUT_OPTIONS: dict[str, list[tuple[str, Any, bool]]] = {
             True,
         )
     ],
+    "fisher": [
+        (
+            "fisher",
+            Annotated[Path | None, typer.Option(help="Folder from `realignkit fisher`.")],
+            False,
+        )
+    ],
+    "calibration": [
+        (
+            "calibration",
+            Annotated[
+                Path | None,
+                typer.Option(help="Downstream-task prompts (+ responses) the model is run on."),
+            ],
+            False,
+        )
+    ],
 }
 SOURCE_NAMES = {name for options in INPUT_OPTIONS.values() for name, _, _ in options}
 
 
+@dataclass(frozen=True)
+class Command:
+    """What a method's command adds to its declaration: options of its own (``extra``,
+    ``inspect.Parameter`` objects), input options it leaves out (``hide``),
+    ``prepare(options)``, which turns those options into parameter values and inputs (editing
+    ``options``) and returns the method to run (one of the declaration's variants), and the
+    line printed."""
+
+    extra: Sequence[inspect.Parameter] = ()
+    hide: frozenset[str] = frozenset()
+    prepare: Callable[[dict[str, Any]], Method] | None = None
+    report: Callable[[Output], str] | None = None
+
+
+def _written(output: Output) -> str:
+    return (
+        f"re-aligned model written to {output.path} "
+        f"({len(output.edited)} tensors edited, {len(output.copied)} copied)"
+    )
+
+
 def param_option(param: Param) -> tuple[Any, Any]:
-    """The annotation and default of one declared parameter as a typer option."""
+    """The annotation of one declared parameter as a typer option, and its default: None,
+    "not given" (the declared default is :meth:`Method.resolve`'s to fill in, and the help's
+    to show)."""
     kind: Any = param.type
     decls = [param.option]
     if param.type is bool:
         decls = [f"{param.option}/--no-{param.option.removeprefix('--')}"]
     if param.multiple:
-        kind = list[param.type] | None  # type: ignore[name-defined]
-        default = None
-    elif param.optional or param.default is None:
-        kind = kind | None
-        default = param.default
-    else:
-        default = param.default
+        kind = list[param.type]  # type: ignore[name-defined]
     text = param.help
-    if param.low is not None or param.high is not None or param.choices:
+    if param.low is not None or param.high is not None or param.choices or param.rule:
         text += f" ({param.range_text()})"
-    return Annotated[kind, typer.Option(*decls, help=text)], default
+    if param.default is not None and param.default != ():
+        default = param.default
+        shown = ", ".join(default) if isinstance(default, tuple) else str(default)
+        if param.type is bool:
+            shown = param.option if default else f"--no-{param.option.removeprefix('--')}"
+        text += f" Default: {shown}."
+    option = typer.Option(*decls, help=text, show_default=False, rich_help_panel=param.panel)
+    return Annotated[kind | None, option], None
 
 
-def _signature(method: Method) -> list[inspect.Parameter]:
-    needs = set(method.needs) | {"finetuned"}
+def command_options(method: Method, command: Command | None = None) -> list[inspect.Parameter]:
+    """Every option of ``realignkit <method>``, in the order of its help."""
+    command = command or Command()
+    needs = set(method.needs) | set(method.may_need) | {"finetuned"}
     params: list[inspect.Parameter] = [inspect.Parameter("out", KW, annotation=Out)]
     for need in INPUT_OPTIONS:
         if need not in needs:
             continue
         for name, annotation, required in INPUT_OPTIONS[need]:
-            default = inspect.Parameter.empty if required else None
+            if name in command.hide:
+                continue
+            always = required and need in method.needs
+            default = inspect.Parameter.empty if always else None
             params.append(inspect.Parameter(name, KW, annotation=annotation, default=default))
     for param in method.params:
-        annotation, default = param_option(param)
-        params.append(inspect.Parameter(param.name, KW, annotation=annotation, default=default))
+        if param.cli:
+            annotation, default = param_option(param)
+            params.append(inspect.Parameter(param.name, KW, annotation=annotation, default=default))
+    params += list(command.extra)
     params += [
         inspect.Parameter("overwrite", KW, annotation=Overwrite, default=False),
         inspect.Parameter("allow_pickle", KW, annotation=AllowPickle, default=False),
@@ -131,45 +190,50 @@ def _signature(method: Method) -> list[inspect.Parameter]:
         params.append(inspect.Parameter("workers", KW, annotation=Workers, default=2))
     else:
         params.append(inspect.Parameter("device", KW, annotation=Device, default=None))
+        params.append(inspect.Parameter("dtype", KW, annotation=Dtype, default=None))
     return params
 
 
-def method_command(method: Method) -> None:
-    """Register ``realignkit <method.name>`` on the app."""
-    signature = _signature(method)
+def method_command(
+    method: Method, command: Command | None = None, *, on: typer.Typer = app
+) -> None:
+    """Register ``realignkit <method.name>`` on the app (or on ``on``)."""
+    command = command or Command()
+    signature = command_options(method, command)
 
-    def command(**options: Any) -> None:
+    def run(**options: Any) -> None:
         from realignkit.execute import Sources, execute
+        from realignkit.modeling import parse_dtype
 
+        chosen = command.prepare(options) if command.prepare is not None else method
         sources = Sources(
             **{k: options.pop(k) for k in list(options) if k in SOURCE_NAMES},
             allow_pickle=options.pop("allow_pickle"),
         )
         values = {}
         for param in method.params:
-            value = options.pop(param.name)
-            values[param.name] = (value or ()) if param.multiple else value
-        run = {"workers": options.pop("workers")} if "workers" in options else {}
-        if "device" in options:
-            run["device"] = options.pop("device")
+            value = options.pop(param.name, None)
+            if value is not None:  # not given: the declared (or preset) default
+                values[param.name] = value
+        executor = {k: options.pop(k) for k in ("workers", "device") if k in options}
+        if "dtype" in options:
+            executor["dtype"] = parse_dtype(options.pop("dtype"))
         output = execute(
-            method,
+            chosen,
             sources,
             options.pop("out"),
             values,
             overwrite=options.pop("overwrite"),
             max_shard_size=options.pop("max_shard_size"),
-            **run,
+            **executor,
         )
-        typer.echo(
-            f"re-aligned model written to {output.path} "
-            f"({len(output.edited)} tensors edited, {len(output.copied)} copied)"
-        )
+        typer.echo((command.report or _written)(output))
 
-    command.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in signature}
-    command.__name__ = f"{method.name.replace('+', '_')}_cmd"
-    app.command(method.name, help=method.help or method.summary)(command)
+    run.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in signature}
+    run.__name__ = f"{method.name.replace('+', '_')}_cmd"
+    run.__doc__ = None
+    on.command(method.name, help=method.help or method.summary)(run)
 
 
 def register_all() -> None:

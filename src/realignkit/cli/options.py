@@ -18,6 +18,9 @@ Workers = Annotated[int, typer.Option(help="Threads that read and compute ahead 
 Device = Annotated[
     str | None, typer.Option(help="Where the model runs (cuda, cpu...); default: the accelerator.")
 ]
+Dtype = Annotated[
+    str | None, typer.Option(help="Precision of the model's forward passes (default: bf16 on GPU).")
+]
 Seed = Annotated[int, typer.Option(help="Seed of data subsampling and random masks.")]
 SafetyVectorDir = Annotated[Path, typer.Option(help="Folder from `realignkit safety-vector`.")]
 Finetuned = Annotated[str | None, typer.Option(help="The fine-tuned model (folder or hub id).")]

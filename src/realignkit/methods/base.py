@@ -53,7 +53,8 @@ class Param:
     ``low``/``high`` bound numbers (``open_low``/``open_high`` exclude the bound); ``choices``
     bound strings; ``rule`` replaces the range's wording in errors; ``flag`` is the CLI option
     (default ``--name`` with dashes). ``sweepable=False`` keeps it out of sweep grids (a seed
-    the sweep sets itself, a device).
+    the sweep sets itself, a device); ``cli=False`` keeps it off the method's command (a
+    setting only recipes read). A ``multiple`` string parameter also takes comma lists.
     """
 
     name: str
@@ -70,6 +71,8 @@ class Param:
     sweepable: bool = True
     optional: bool = False  # None is a valid value (meaning "off" or "derive it")
     multiple: bool = False  # a list of values (a repeatable CLI option)
+    cli: bool = True  # an option of the method's command
+    panel: str | None = None  # the section of the command's help it is listed in
     # A strength: which way is safer ("higher" / "lower") and where `tune` searches.
     safer: str | None = None
     search: tuple[float, float] | None = None
@@ -102,6 +105,9 @@ class Param:
             raise RealignError(f"{label} needs a value ({self.range_text()})")
         if self.multiple:
             items = [value] if isinstance(value, str) else list(value)
+            if self.type is str:  # "q_proj,v_proj" is two values, as everywhere on the CLI
+                items = [part.strip() for v in items for part in str(v).split(",")]
+                items = [part for part in items if part]
             return tuple(self._one(v, label) for v in items)
         return self._one(value, label)
 
@@ -245,6 +251,8 @@ class Method:
     params: tuple[Param, ...]
     needs: frozenset[str]
     edit_weight: EditWeight | None = None
+    # inputs only some settings read (those ``needs_when`` may add): offered by the command too
+    may_need: frozenset[str] = frozenset()
     edit_layer: EditLayer | None = None
     needs_when: Callable[[Mapping[str, Any]], Mapping[str, str]] = _always
     validate: Callable[[Mapping[str, Any]], None] | None = None
@@ -290,7 +298,7 @@ class Method:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"method kind must be one of {KINDS}, got {self.kind!r}")
-        unknown = set(self.needs) - set(INPUTS)
+        unknown = (set(self.needs) | set(self.may_need)) - set(INPUTS)
         if unknown:
             raise ValueError(f"method {self.name!r} needs unknown inputs {sorted(unknown)}")
         if (self.edit_weight is None) == (self.edit_layer is None):

@@ -514,12 +514,15 @@ def check_calibration_size(
 # --- the declaration ----------------------------------------------------------------------------
 
 _D = IRRSettings()  # the defaults live in one place: the settings dataclass
+OFFICIAL_PANEL = "Official behaviour"  # the command's help lists these apart
 OFFICIAL_PARAM = Param(
     "official",
     bool,
     False,
-    "Start from what the official IRR code computes (every behaviour below); explicit "
-    "values still win.",
+    "Start from what the official IRR code computes (mask selection, ties, count rounding, "
+    "zero conflicts, dead columns, Hessian padding, calibration format and rows, block size, "
+    "max length); explicit values still win.",
+    panel=OFFICIAL_PANEL,
 )
 PARAMS = (
     Param(
@@ -532,28 +535,50 @@ PARAMS = (
         safer="higher",
         search=(0.0, 1.0),
     ),
-    Param("budget", str, _D.budget, "Where the top-R ranking happens.", choices=BUDGETS),
-    Param("mask", str, _D.mask, "Score that ranks candidates.", choices=MASK_KINDS),
+    Param(
+        "budget",
+        str,
+        _D.budget,
+        "Where the top-R ranking happens: within each --block-size column block, per "
+        "matrix, or over the whole model.",
+        choices=BUDGETS,
+    ),
+    Param(
+        "mask",
+        str,
+        _D.mask,
+        "Score that ranks candidates: Fisher scores, |δ| (magnitude) or random.",
+        choices=MASK_KINDS,
+    ),
     Param(
         "use_sign",
         bool,
         _D.use_sign,
-        "Only sign-conflicting entries are candidates.",
+        "Only sign-conflicting entries are candidates (--no-sign: every entry).",
         flag="--sign",
     ),
     Param("recalibrate", bool, _D.recalibrate, "OBS recalibration of the retained delta."),
     Param("damping", float, _D.damping, "Damping, a fraction of mean(diag H).", low=0.0),
     Param("block_size", int, _D.block_size, "Columns per ranking block / OBS batch.", low=1),
-    Param("refine_steps", int, _D.refine_steps, "Conjugate-gradient steps after the sweep.", low=0),
+    Param(
+        "refine_steps",
+        int,
+        _D.refine_steps,
+        "Conjugate-gradient steps after the SparseGPT sweep, toward the exact least-squares "
+        "compensation (0: as the paper).",
+        low=0,
+    ),
     Param(
         "modules",
         str,
         _D.modules,
-        "Linear layers to edit, e.g. q_proj, v_proj (default: all).",
+        "Linear layers to edit, e.g. q_proj,v_proj (default: all).",
         multiple=True,
         optional=True,
     ),
-    Param("num_samples", int, _D.num_samples, "Calibration rows used.", low=1),
+    Param(
+        "num_samples", int, _D.num_samples, "Calibration rows used (see --calibration-rows).", low=1
+    ),
     Param("max_length", int, _D.max_length, "Tokens per calibration row, at most.", low=2),
     Param("batch_size", int, _D.batch_size, "Rows per forward pass.", low=1, sweepable=False),
     Param(
@@ -580,25 +605,91 @@ PARAMS = (
         "mask_selection",
         str,
         _D.mask_selection,
-        "fixed or adaptive (official).",
+        "fixed: one mask on the original delta; adaptive: each block's mask chosen inside the "
+        "sweep on the updated delta (official).",
         choices=MASK_SELECTIONS,
+        panel=OFFICIAL_PANEL,
     ),
-    Param("ties", str, _D.ties, "Tied entry removed at the cut.", choices=TIES),
-    Param("count_rounding", str, _D.count_rounding, "How R·n rounds.", choices=COUNT_ROUNDINGS),
-    Param("zero_is_conflict", bool, _D.zero_is_conflict, "A zero counts as a sign conflict."),
-    Param("dead_columns", str, _D.dead_columns, "Inputs with H_jj = 0.", choices=DEAD_COLUMNS),
-    Param("hessian_padding", str, _D.hessian_padding, "Padding in H.", choices=HESSIAN_PADDINGS),
+    Param(
+        "ties",
+        str,
+        _D.ties,
+        "Tied scores at the cut: remove the earlier entry, or the later one (official).",
+        choices=TIES,
+        panel=OFFICIAL_PANEL,
+    ),
+    Param(
+        "count_rounding",
+        str,
+        _D.count_rounding,
+        "half-up: remove round(R·n) of n candidates; keep-floor: keep floor((1-R)·n) (official).",
+        choices=COUNT_ROUNDINGS,
+        panel=OFFICIAL_PANEL,
+    ),
+    Param(
+        "zero_is_conflict",
+        bool,
+        _D.zero_is_conflict,
+        "Count a zero delta or zero safety entry as a sign conflict (official).",
+        panel=OFFICIAL_PANEL,
+    ),
+    Param(
+        "dead_columns",
+        str,
+        _D.dead_columns,
+        "Inputs never active on the calibration data (H_jj = 0): keep the retained delta, or "
+        "zero it (official).",
+        choices=DEAD_COLUMNS,
+        panel=OFFICIAL_PANEL,
+    ),
+    Param(
+        "hessian_padding",
+        str,
+        _D.hessian_padding,
+        "real-tokens: right padding left out of H; left-eos: sequences left-padded with EOS to "
+        "--max-length, every position in H (official).",
+        choices=HESSIAN_PADDINGS,
+        panel=OFFICIAL_PANEL,
+    ),
     Param(
         "calibration_format",
         str,
         _D.calibration_format,
-        "How prompt rows are rendered.",
+        "chat: the chat template; official: Llama-2 system prompt, '{prompt}\\n{input}', "
+        "response + EOS.",
         choices=CALIBRATION_FORMATS,
+        panel=OFFICIAL_PANEL,
     ),
-    Param("calibration_rows", str, _D.calibration_rows, "Which rows.", choices=CALIBRATION_ROWS),
-    Param("text_column", str, _D.text_column, "Raw text column.", optional=True, sweepable=False),
-    Param("ids_column", str, _D.ids_column, "Token id column.", sweepable=False),
-    Param("input_column", str, _D.input_column, "Official format: '{input}'.", sweepable=False),
+    Param(
+        "calibration_rows",
+        str,
+        _D.calibration_rows,
+        "random: a seeded subsample of --num-samples rows; first: the first rows (official).",
+        choices=CALIBRATION_ROWS,
+        panel=OFFICIAL_PANEL,
+    ),
+    Param(
+        "text_column",
+        str,
+        _D.text_column,
+        "Calibrate on raw text in this column (tokenised as it is).",
+        optional=True,
+        sweepable=False,
+    ),
+    Param(
+        "ids_column",
+        str,
+        _D.ids_column,
+        "Rows with this column are token id lists, used as they are.",
+        sweepable=False,
+    ),
+    Param(
+        "input_column",
+        str,
+        _D.input_column,
+        "--calibration-format official: the column of '{input}'.",
+        sweepable=False,
+    ),
     OFFICIAL_PARAM,
     Param(
         "fisher_mode",
@@ -606,6 +697,7 @@ PARAMS = (
         "per-sample",
         "Recipes: how the Fisher scores of the aligned model are computed.",
         choices=FISHER_MODES,
+        cli=False,  # the command reads given --fisher scores (`realignkit fisher --mode`)
     ),
 )
 
@@ -746,7 +838,9 @@ IRR = Method(
     "identified, removed and the rest recalibrated.",
     kind="layer",
     params=PARAMS,
+    help="IRR: identify unsafe delta entries, reset them to the base model, recalibrate the rest.",
     needs=frozenset({"finetuned", "base", "safety_vector"}),
+    may_need=frozenset({"fisher", "calibration"}),
     edit_layer=edit_layer,
     needs_when=_needs_when,
     validate=_validate,
@@ -762,7 +856,7 @@ IRR = Method(
     prepare=_global_cutoff,
     prepare_when=lambda params: params["budget"] == "global",
     job_inputs=_job_inputs,
-    cli=False,  # `realignkit irr` keeps its own options (--sparsity, --official, ...)
+    cli=False,  # `realignkit irr` adds --sparsity and --true-sequential (cli/irr.py)
     paper={"rho": 0.5},  # the IRR paper's defaults: ρ = 0.5, Fisher mask, recalibration
     sweep_grid={"rho": [0.3, 0.5, 1.0]},
 )

@@ -224,13 +224,17 @@ def _report(_params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, A
 
 
 # Safe LoRA: a LoRA adapter in, a projected adapter out (``adapter_form``); a full fine-tune
-# in, a model out. `realignkit safelora` keeps its own options (--full, --adapter).
+# in, a model out. `realignkit safelora` adds --full, which picks the variant (cli/safelora.py).
 SAFELORA = Method(
     name="safelora",
     version=1,
     summary="A fine-tune whose least aligned layer updates were projected onto the alignment "
     "subspace of the aligned model (a LoRA adapter stays an adapter: load it on the aligned "
     "model).",
+    help="Safe LoRA: project the least aligned layers' updates onto the alignment subspace. "
+    "For each weight, C = V·Vᵀ/‖V‖_F with V = W_aligned − W_pretrained; where the cosine "
+    "similarity between C·B·A and B·A is at most --threshold (or for the --num-layers least "
+    "similar layers), B becomes C·B. --full projects each block weight's ΔW = W_F − W_A instead.",
     kind="weight",
     params=(
         Param(
@@ -245,7 +249,13 @@ SAFELORA = Method(
             search=(-1.0, 1.0),
         ),
         Param(
-            "num_layers", int, None, "Project the K least similar weights.", low=1, optional=True
+            "num_layers",
+            int,
+            None,
+            "Project the K least similar weights instead.",
+            low=1,
+            rule="at least 1",
+            optional=True,
         ),
         Param("device", str, None, "Where the products run.", optional=True, sweepable=False),
     ),

@@ -14,12 +14,12 @@ When the unaligned model is a LoRA adapter trained on top of the aligned model,
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from realignkit._version import __version__
 from realignkit.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
@@ -34,14 +34,13 @@ from realignkit.checkpoint.artifact import (
     SAFETY_VECTOR_FORMAT,
     SafetyVector,
 )
-from realignkit.checkpoint.card import described, write_documents
-from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
 from realignkit.errors import RealignError
 from realignkit.ops.scratch import widened_difference
 
 META_FILE, FORMAT = SAFETY_VECTOR_FILE, SAFETY_VECTOR_FORMAT
 PathLike = str | os.PathLike[str]
+Stored = tuple[dict[str, torch.Tensor], dict[str, Any]]  # stored tensors, index entry
 
 
 def compute_safety_vector(
@@ -63,94 +62,73 @@ def compute_safety_vector(
     """
     if (unaligned is None) == (unaligned_adapter is None):
         raise RealignError("give exactly one of --unaligned or --unaligned-adapter")
-    aligned_ckpt = CheckpointReader(aligned, allow_pickle=allow_pickle, what="aligned model")
-    meta: dict[str, Any] = {
-        "format": FORMAT,
-        "version": 1,
-        "realignkit_version": __version__,
-        "aligned": str(aligned_ckpt.dir),
-        "architecture": aligned_ckpt.architecture,
-        "model_type": aligned_ckpt.config.get("model_type"),
-        "vocab_size": aligned_ckpt.config.get("vocab_size"),
-        "dtype": str(dtype).removeprefix("torch.") if dtype else "as aligned",
-    }
-    tensors: dict[str, dict[str, Any]] = {}
-    plan = None
-    if unaligned is not None:
-        # Dense: the output's tensors are known up front, so shards stream straight to disk.
-        unaligned_ckpt = CheckpointReader(
-            unaligned, allow_pickle=allow_pickle, what="unaligned model"
+    with ExitStack() as stack:
+        aligned_ckpt = stack.enter_context(
+            CheckpointReader(aligned, allow_pickle=allow_pickle, what="aligned model")
         )
-        names = [n for n in aligned_ckpt.names if aligned_ckpt.dtype(n).is_floating_point]
-        check_same_layout(aligned_ckpt, unaligned_ckpt, names, same_set=True)
-        plan = [TensorSpec(n, aligned_ckpt.shape(n), dtype or aligned_ckpt.dtype(n)) for n in names]
-    with (
-        aligned_ckpt,
-        CheckpointWriter(out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan) as w,
-    ):
+        meta: dict[str, Any] = {
+            "aligned": str(aligned_ckpt.dir),
+            "architecture": aligned_ckpt.architecture,
+            "model_type": aligned_ckpt.config.get("model_type"),
+            "vocab_size": aligned_ckpt.config.get("vocab_size"),
+            "dtype": str(dtype).removeprefix("torch.") if dtype else "as aligned",
+        }
+
         if unaligned is not None:
-            meta["form"] = "dense"
-            meta["unaligned"] = str(unaligned_ckpt.dir)
-
-            def difference(name: str) -> torch.Tensor:
-                a = aligned_ckpt.get(name)
-                return widened_difference(a, unaligned_ckpt.get(name), dtype or a.dtype)
-
-            with unaligned_ckpt:
-                for name, v in map_ordered(
-                    difference,
-                    names,
-                    workers=workers,
-                    desc="safety vector",
-                    weights=aligned_ckpt.nbytes,
-                ):
-                    w.add(name, v)
-                    tensors[name] = {"shape": list(v.shape), "lowrank": False}
+            # Dense: the output's tensors are known up front, so shards stream straight to disk.
+            other = stack.enter_context(
+                CheckpointReader(unaligned, allow_pickle=allow_pickle, what="unaligned model")
+            )
+            names = [n for n in aligned_ckpt.names if aligned_ckpt.dtype(n).is_floating_point]
+            check_same_layout(aligned_ckpt, other, names, same_set=True)
+            meta.update(form="dense", unaligned=str(other.dir))
+            plan = [
+                TensorSpec(n, aligned_ckpt.shape(n), dtype or aligned_ckpt.dtype(n)) for n in names
+            ]
+            adapter, lowrank = None, set()
         else:
-            meta["form"] = "lowrank"
-            unaligned_weights = FinetunedWeights(base=aligned, adapter=unaligned_adapter)
-            adapter = unaligned_weights.adapter
+            other = stack.enter_context(FinetunedWeights(base=aligned, adapter=unaligned_adapter))
+            adapter = other.adapter
             assert adapter is not None
-            meta["unaligned_adapter"] = str(adapter.dir)
-            replaced = set(adapter.full_tensors())
-            for name in adapter.target_weights():
-                if name in replaced:
-                    continue  # a whole new tensor plus a delta: stored densely below
-                factors = adapter.factors(name)
-                store = dtype or factors.lora_a.dtype
-                left = (-factors.scale * factors.lora_b.float()).to(store)
-                right = factors.lora_a.to(store)
-                ensure_finite(left, name, f"adapter {str(adapter.dir)!r}")
-                ensure_finite(right, name, f"adapter {str(adapter.dir)!r}")
-                w.add(name + LEFT, left)
-                w.add(name + RIGHT, right)
-                tensors[name] = {
-                    "shape": list(aligned_ckpt.shape(name)),
-                    "lowrank": True,
-                    "transpose": factors.transpose,
-                    "rank": int(right.shape[0]),
-                }
-            for name in sorted(replaced):
-                a = aligned_ckpt.get(name)
-                v = (a.float() - unaligned_weights.get(name).float()).to(dtype or a.dtype)
-                w.add(name, v)
-                tensors[name] = {"shape": list(v.shape), "lowrank": False}
-            unaligned_weights.close()
-        meta["tensors"] = tensors
-        w.write_json(META_FILE, meta)
-        inputs = {k: meta[k] for k in ("aligned", "unaligned", "unaligned_adapter") if k in meta}
-        write_documents(
-            w,
-            method="safety-vector",
-            version=1,
-            summary="A safety vector v = θ_aligned − θ_unaligned, for `realignkit resta` "
-            "and `realignkit irr`. It is not a model: it cannot be loaded on its own.",
-            parameters={"form": meta["form"], "dtype": meta["dtype"]},
-            inputs=described(inputs),
-            totals={"tensors": len(tensors)},
-            edited=len(tensors),
-            copied=0,
-            weights=tensors,
+            meta.update(form="lowrank", unaligned_adapter=str(adapter.dir))
+            replaced = set(adapter.full_tensors())  # a whole new tensor plus a delta: dense
+            lowrank = {n for n in adapter.target_weights() if n not in replaced}
+            names = [n for n in adapter.target_weights() if n in lowrank] + sorted(replaced)
+            plan = None
+
+        def factors(name: str) -> Stored:
+            """``v = −scale·B·A`` of one adapted weight, as its two factors."""
+            assert adapter is not None
+            f = adapter.factors(name)
+            store = dtype or f.lora_a.dtype
+            left = (-f.scale * f.lora_b.float()).to(store)
+            right = f.lora_a.to(store)
+            ensure_finite(left, name, f"adapter {str(adapter.dir)!r}")
+            ensure_finite(right, name, f"adapter {str(adapter.dir)!r}")
+            entry = {"shape": list(aligned_ckpt.shape(name)), "lowrank": True}
+            entry.update(transpose=f.transpose, rank=int(right.shape[0]))
+            return {name + LEFT: left, name + RIGHT: right}, entry
+
+        def stored(name: str) -> Stored:
+            if name in lowrank:
+                return factors(name)
+            a = aligned_ckpt.get(name)
+            v = widened_difference(a, other.get(name), dtype or a.dtype)
+            return {name: v}, {"shape": list(v.shape), "lowrank": False}
+
+        writer = CheckpointWriter(
+            out, overwrite=overwrite, max_shard_size=max_shard_size, plan=plan
+        )
+        inputs = ("aligned", "unaligned", "unaligned_adapter")
+        SafetyVector.write(
+            writer,
+            stored,
+            names,
+            meta=meta,
+            inputs={k: meta[k] for k in inputs if k in meta},
+            workers=workers if plan is not None else 1,
+            desc="safety vector" if plan is not None else None,
+            weights=aligned_ckpt.nbytes if plan is not None else None,
         )
     return Path(out)
 
