@@ -195,6 +195,23 @@ def run_official(world, out, **overrides):
         )
 
 
+def float32_tolerance(hessian, want, damping: float) -> float:
+    """How far a float32 OBS sweep may lie from the float64 one: 2e-5, or the forward-error
+    bound eps32 · κ(H + λI) · max|w| where the damped Hessian is ill-conditioned. Attention
+    outputs (o_proj) of the tiny models span few directions, so their κ sits near the damping's
+    limit (~3e3, against ~40-300 for the other layers); there an AVX2 CPU's float32 summation
+    order gave 2.2e-5 at |w| ≤ 0.21, a quarter of this bound, where AVX-512 gave less than 2e-5."""
+    hess = hessian.clone()
+    dead = hess.diagonal() == 0
+    hess[dead, :], hess[:, dead] = 0.0, 0.0
+    hess[dead, dead] = 1.0
+    hess += damping * hess.diagonal().mean() * torch.eye(len(hess), dtype=hess.dtype)
+    bound = (
+        torch.finfo(torch.float32).eps * float(torch.linalg.cond(hess)) * float(want.abs().max())
+    )
+    return max(2e-5, bound)
+
+
 def check_against_reference(world, result, settings: IRRSettings, rules: dict) -> int:
     """Walk the blocks as IRR did (earlier blocks already edited); compare every edited layer
     with the reference on Hessians recomputed here. Returns the number of entries removed."""
@@ -229,7 +246,9 @@ def check_against_reference(world, result, settings: IRRSettings, rules: dict) -
             )
             got = kernel(out[name], arch).double() - kernel(base[name], arch).double()
             assert torch.equal(got[removed], torch.zeros_like(got[removed])), name
-            torch.testing.assert_close(got, want, rtol=0, atol=2e-5, msg=name)
+            torch.testing.assert_close(
+                got, want, rtol=0, atol=float32_tolerance(hess, want, settings.damping), msg=name
+            )
             removed_total += int(removed.sum())
         with torch.no_grad():
             for layer in layers:
@@ -243,15 +262,7 @@ def world(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("rho", [0.3, 1.0])  # 0.5: both roundings agree
-def test_official_mode_equals_the_reference_on_every_architecture(world, rho, tmp_path, request):
-    if (
-        world["arch"] == "qwen2"
-        and rho == 1.0
-        and torch.backends.cpu.get_cpu_capability() == "AVX2"
-    ):
-        # Open: on an AVX2-only CPU (AMD EPYC Zen 3) o_proj of layer 0 differs from the float64
-        # reference (main before this session's merges too); AVX-512 machines passed.
-        request.applymarker(pytest.mark.xfail(reason="qwen2 rho=1 on AVX2: open", strict=False))
+def test_official_mode_equals_the_reference_on_every_architecture(world, rho, tmp_path):
     result = run_official(world, tmp_path / "out", rho=rho)
     settings = IRRSettings.official(rho=rho, block_size=BLOCK, **OFFICIAL_RUN)
     removed = check_against_reference(world, result, settings, rules={})
