@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import run_cli
 from tiny import save_tiny_model
 
 from realignkit.cli import main
@@ -54,6 +55,32 @@ def test_pipeline_writes_every_checkpoint_result_and_plot(demo_out):
         assert (demo_out / "seed-0" / "data" / f"{name}.jsonl").exists()
 
 
+def test_each_fine_tune_is_swept_by_run_sweep(demo_out, capsys):
+    """The demo builds its world, then hands each fine-tune to `realignkit sweep`: its config
+    is a sweep config, its results file the sweep's, and the table's rows are read from it."""
+    from realignkit.sweep import load_results
+
+    rows = {r["model"]: r for r in json.loads((demo_out / "results.json").read_text())}
+    for kind in ("full", "lora"):
+        folder = demo_out / "seed-0" / f"sweep-{kind}"
+        config_file = demo_out / "seed-0" / f"sweep-{kind}.json"
+        config = json.loads(config_file.read_text())
+        records = load_results(folder / "results.jsonl")
+        assert {"baseline-finetuned", *load_all()} <= set(records)
+        harmful = config["eval"]["safety"][0]
+        for method in load_all():
+            model = rows[f"finetuned-{kind}+{method}"]
+            assert model["harmfulness"] == records[method]["metrics"][harmful]["harmfulness"]
+        baseline = records["baseline-finetuned"]["metrics"][harmful]["harmfulness"]
+        assert rows[f"finetuned-{kind}"]["harmfulness"] == baseline
+        # `realignkit sweep --config` on the demo's own config finds every variant done
+        capsys.readouterr()
+        assert run_cli(["sweep", "--config", config_file, "-o", folder]) == 0
+        assert "(0 built, 0 evaluated now)" in capsys.readouterr().out
+        after = load_results(folder / "results.jsonl")
+        assert {k: v["key"] for k, v in after.items()} == {k: v["key"] for k, v in records.items()}
+
+
 def test_rerun_reuses_stages_and_other_settings_are_refused(demo_out, capsys):
     before = (demo_out / "seed-0" / "checkpoints" / "aligned" / "model.safetensors").stat()
     main(
@@ -99,15 +126,27 @@ def test_seeds_aggregate_to_mean_and_sd():
     assert "40.0 ± 20.0" in results_table([merged])
 
 
-def test_demo_sweep_config_runs_on_the_world(demo_out):
-    """`demo --sweep` hands the world to `realignkit sweep`: its config is valid and runs."""
-    from realignkit.demo.pipeline import get_size, sweep_config
-    from realignkit.sweep import run_sweep
+def test_demo_sweep_adds_each_methods_grid_to_the_same_sweep(demo_out):
+    """`demo --sweep` adds every declared grid to seed 0's sweep configs; the methods at their
+    defaults stay the same variants (same key), so only the grid's models are new work."""
+    from realignkit.demo.pipeline import FAST, sweep_config
+    from realignkit.methods.registry import load_declarations
+    from realignkit.sweep import expand_variants, load_results, parse_config, run_sweep
 
-    config = sweep_config(demo_out / "seed-0", "lora", get_size("tiny", fast=True))
-    assert set(config["methods"]) == set(load_all())  # every method has a grid
-    config["methods"] = {"resta": {"gamma": [0.5]}}  # one variant keeps the test short
-    result = run_sweep(config, demo_out / "sweep-lora")
-    ids = {row["id"] for row in result.rows}
-    assert {"baseline-finetuned", "baseline-aligned", "resta-gamma=0.5"} <= ids
+    world = demo_out / "seed-0"
+    config = sweep_config(world, "lora", FAST, grids=True)
+    grids = {e["method"]: e for e in config["methods"] if len(e) > 1}
+    declared = {n: d.sweep_grid for n, d in load_declarations().items() if d.sweep_grid}
+    assert grids.keys() == declared.keys()
+    for name, grid in declared.items():
+        assert {k: v for k, v in grids[name].items() if k != "method"} == dict(grid)
+    done = load_results(world / "sweep-lora" / "results.jsonl")
+    plain = sweep_config(world, "lora", FAST)
+    for variant in expand_variants(parse_config(plain)):
+        assert done[variant.id]["key"] == variant.key  # what the demo ran is the plain config
+    # one grid value keeps the test short: only that variant is built and evaluated
+    config["methods"] = [{"method": "resta"}, {"method": "resta", "gamma": [0.25]}]
+    result = run_sweep(config, world / "sweep-lora")
+    assert (result.built, result.evaluated) == (1, 1)
+    assert {"baseline-finetuned", "resta", "resta-gamma=0.25"} == set(result.ids)
     assert result.plot is not None and result.plot.exists()

@@ -63,3 +63,50 @@ def test_no_import_goes_up_a_layer() -> None:
             if theirs is not None and theirs > mine:
                 offences.append(f"{module} imports {target}")
     assert offences == []
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every module of the package (dotted, ``realignkit`` for its ``__init__``) and the
+    package modules it imports, anywhere in it (a function's lazy import included); ``from
+    PACKAGE import NAME`` is an import of the module NAME where there is one."""
+    paths = {
+        ".".join(("realignkit", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        ): p
+        for p in sorted(PACKAGE.rglob("*.py"))
+    }
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for alias in node.names:
+                    name = f"{node.module}.{alias.name}"
+                    found.add(name if name in paths else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[module] = {m for m in found if m in paths and m != module}
+    return graph
+
+
+def test_no_import_loop() -> None:
+    """No module reaches itself through imports, the demo's and the package's face included
+    (a loop hidden in lazy imports still ties two modules into one)."""
+    graph = module_graph()
+    assert "realignkit.demo.real.report" in graph  # the walk sees the demo
+    state: dict[str, str] = {}
+    loops: list[list[str]] = []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                loops.append(path[path.index(target) :] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert loops == []

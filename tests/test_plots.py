@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,52 @@ def test_an_atomic_write_leaves_the_old_file_when_it_fails(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["table.md"]  # no temporary left
     assert write_text_atomic(target, "new\n") == Path(target)
     assert target.read_text() == "new\n"
+
+
+def test_the_real_worlds_report_draws_through_the_one_plot(drawn, tmp_path):
+    """Harmfulness on y in both panels (against the NLL, a loss, and against over-refusal), one
+    series per fine-tune; a row outside the papers' settings stays in the table only."""
+    from realignkit.demo.real.report import plot
+
+    def rate(value: float, n: int) -> dict:
+        return {"value": value, "k": round(value * n), "n": n, "ci95": [value - 0.1, value + 0.1]}
+
+    rows = [
+        {"model": "aligned", "finetune": "–", "seed": None, "nll": 1.0},
+        {"model": "ft-full", "finetune": "full", "seed": 0, "nll": 0.8},
+        {"model": "ft-full + resta", "finetune": "full", "seed": 1, "nll": 0.9},
+    ]
+    for row, harm in zip(rows, (0.1, 0.5, 0.2), strict=True):
+        row.update(harmfulness=rate(harm, 20), over_refusal=rate(0.2, 10), paper=True)
+    rows.append({**rows[2], "model": "ft-lora + resta", "finetune": "lora", "paper": False})
+
+    out = plot(rows, tmp_path / "real.png")
+    ((nll, over),) = drawn
+    assert nll[:3] == ("GSM8K reference-solution NLL (nats/token) ← better", *AXES)
+    assert over[1:3] == AXES
+    assert nll[3] == over[3] == ["references", "full fine-tune"]  # no LoRA row at its paper's
+    assert out.read_bytes()[:8] == PNG
+    assert [p.name for p in tmp_path.iterdir()] == ["real.png"]  # no temporary left behind
+
+
+AXES = (plots.HARMFULNESS_LABEL, plots.SHARE_LIMITS)
+WRITES = re.compile(
+    r"os\.replace\(|\.write_text\(|\.write_bytes\(|open\([^)]*[\"']w|json\.dump\(|savefig\("
+    r"|import matplotlib"
+)
+
+
+def test_demos_sweep_and_reports_write_only_through_the_one_helper():
+    """Every file of the demos, the sweep and the evaluation report is written through
+    checkpoint.output's atomic helpers and every figure through realignkit.plots (the sweep's
+    results.jsonl is a journal, appended to line by line)."""
+    package = Path(plots.__file__).parent
+    files = [*sorted((package / "demo").rglob("*.py")), package / "sweep.py"]
+    files.append(package / "eval" / "report.py")
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if WRITES.search(line)
+    ]
+    assert found == []

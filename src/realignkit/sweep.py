@@ -53,7 +53,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from realignkit.checkpoint.output import write_text_atomic
+from realignkit.checkpoint.output import write_json_atomic, write_text_atomic
 from realignkit.errors import RealignError
 from realignkit.methods.registry import Realigned, RealignJob, load_all
 
@@ -459,7 +459,7 @@ def _safety_vector(cfg: SweepConfig, work: Path, needed: bool) -> Path | None:
         unaligned_adapter=cfg.models.get("unaligned_adapter"),
         overwrite=True,
     )
-    write_text_atomic(record, json.dumps(stamp))
+    write_json_atomic(record, stamp)
     return path
 
 
@@ -518,7 +518,7 @@ def _build(
         "adapter": str(realigned.adapter) if realigned.adapter else None,
         "info": realigned.info,
     }
-    write_text_atomic(record_path, json.dumps(built, indent=2, default=str) + "\n")
+    write_json_atomic(record_path, built)
     return realigned, True
 
 
@@ -691,5 +691,5 @@ def write_outputs(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path, Pa
     """``sweep.md``, ``sweep.json`` and ``sweep.png`` in ``out`` (each replaced atomically)."""
     table_md, table_json = out / "sweep.md", out / "sweep.json"
     write_text_atomic(table_md, sweep_markdown(rows))
-    write_text_atomic(table_json, json.dumps({"variants": rows}, indent=2, default=str) + "\n")
+    write_json_atomic(table_json, {"variants": rows})
     return table_md, table_json, plot_sweep(rows, out / "sweep.png")

@@ -11,7 +11,8 @@ command wrapper) asks :func:`check_output_location` before anything is touched:
   (:func:`swap_into_place`), so a crash leaves either the old output or the new one.
 
 Single files (reports, tables, plots, caches) are replaced the same way, through
-:func:`atomic_file`: written beside the destination under a hidden name, renamed onto it.
+:func:`atomic_file`: written beside the destination under a hidden name, renamed onto it
+(:func:`write_text_atomic`, :func:`write_json_atomic` and :func:`write_jsonl_atomic` for text).
 
 Inputs register themselves while they are open (:func:`track_input`), so the writer sees every
 model, adapter and safety vector the running method reads, however it was named.
@@ -23,12 +24,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import shutil
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from realignkit.errors import RealignError
 
@@ -191,3 +194,19 @@ def swap_into_place(new: Path, out: Path, *, overwrite: bool) -> None:
     out.rename(trash)
     new.rename(out)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Replace ``path`` with ``obj`` as indented JSON (non-ASCII kept as it is; anything JSON
+    cannot hold, such as a path, as its ``str``)."""
+    return write_text_atomic(
+        path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    )
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> Path:
+    """Replace ``path`` with one JSON line per row, streamed (a large file is never one string)."""
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    return Path(path)

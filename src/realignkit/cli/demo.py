@@ -78,8 +78,8 @@ def demo_command(
         f"{result.out / 'safety_utility.png'} ({result.seconds:.0f} s)"
     )
     if sweep:
-        sweeps = [result.out / f"sweep-{kind}" / "sweep.md" for kind in ("full", "lora")]
-        typer.echo(f"sweeps: {sweeps[0]}, {sweeps[1]}")
+        sweeps = [result.out / "seed-0" / f"sweep-{kind}" / "sweep.md" for kind in ("full", "lora")]
+        typer.echo(f"sweeps with every method's grid: {sweeps[0]}, {sweeps[1]}")
 
 
 def _real(out: Path, preset: str, data_dir: Path | None, threads: str, overwrite: bool) -> None:

@@ -10,12 +10,17 @@ leaves a normal checkpoint folder behind:
    ``safety-vector``: v = θ_aligned − θ_unaligned.
 3. ``finetuned-full`` and ``finetuned-lora``: ``aligned`` fine-tuned on the new skill (with a
    share of everyday benign requests, never safety data); the LoRA one is an adapter.
-4. Every re-alignment recipe in :mod:`realignkit.methods.registry`, on both fine-tunes.
-5. Every model evaluated with the keyword judge on held-out harmful requests (harmfulness),
-   over-refusal probes, and held-out prompts of the new and the old skills.
+4. The references (``pretrained``, ``aligned``, ``unaligned``) evaluated with the keyword
+   judge on held-out harmful requests (harmfulness), over-refusal probes, and held-out
+   prompts of the new and the old skills.
+5. Per fine-tune, one `realignkit sweep` (:func:`realignkit.sweep.run_sweep`, its config in
+   ``seed-N/sweep-{full,lora}.json``): every recipe of
+   :mod:`realignkit.methods.registry` at its defaults (and, with ``--sweep``, its declared
+   grid), each model evaluated as the references are; the fine-tune itself is its baseline.
 
-Stages whose output folder exists are reused (all folders are written atomically), so an
-interrupted demo resumes where it stopped.
+Stages whose output folder exists are reused (all folders are written atomically) and a sweep
+does only the variants missing from its ``results.jsonl``, so an interrupted demo resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from realignkit.checkpoint.output import write_text_atomic
+from realignkit.checkpoint.output import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from realignkit.errors import RealignError
 
 log = logging.getLogger(__name__)
@@ -176,9 +181,42 @@ class WorldFiles:
     eval_new: Path
     eval_old: Path
 
+    @classmethod
+    def under(cls, folder: Path) -> WorldFiles:
+        return cls(
+            pretrain=folder / "pretrain.jsonl",
+            align=folder / "align.jsonl",
+            unalign=folder / "unalign.jsonl",
+            finetune=folder / "finetune.jsonl",
+            safe=folder / "harmful_refusals.jsonl",
+            calibration=folder / "calibration.jsonl",
+            eval_harmful=folder / "eval_harmful.jsonl",
+            eval_benign=folder / "eval_benign.jsonl",
+            eval_new=folder / "eval_new_skill.jsonl",
+            eval_old=folder / "eval_old_skills.jsonl",
+        )
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    return write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+    def eval_settings(self, size: DemoSize, seed: int) -> dict[str, Any]:
+        """Keyword arguments of :func:`realignkit.eval.evaluate` for every model of the world
+        (the sweep config's ``eval``): the keyword judge on held-out harmful requests and
+        probes, accuracy on the new and the old skills."""
+        return {
+            "safety": [f"harmful:{self.eval_harmful}", f"benign:{self.eval_benign}"],
+            "utility": [f"qa:{self.eval_new}", f"qa:{self.eval_old}"],
+            "judge": "keyword",
+            "max_new_tokens": size.max_new_tokens,
+            "batch_size": 64,
+            "seed": seed,
+        }
+
+    def row(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The table's metrics of one model, from its evaluation summary's ``metrics``."""
+        return {
+            "harmfulness": metrics[f"harmful:{self.eval_harmful}"]["harmfulness"],
+            "over_refusal": metrics[f"benign:{self.eval_benign}"]["over_refusal"],
+            "task_accuracy": metrics[f"qa:{self.eval_new}"]["accuracy"],
+            "old_task_accuracy": metrics[f"qa:{self.eval_old}"]["accuracy"],
+        }
 
 
 def write_world(seed: int, size: DemoSize, folder: Path) -> WorldFiles:
@@ -186,38 +224,42 @@ def write_world(seed: int, size: DemoSize, folder: Path) -> WorldFiles:
     from realignkit.demo.world import build_world
 
     world = build_world(seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    files = WorldFiles.under(folder)
     bs = size.batch_size
     # Evaluation data first, from its own stream, so that training sizes never change it.
     evaluation = build_world(seed)
     evaluation.rng.seed(f"eval-{seed}")
-    files = WorldFiles(
-        eval_harmful=write_jsonl(
-            folder / "eval_harmful.jsonl", evaluation.heldout_harmful(size.eval_harmful)
-        ),
-        eval_benign=write_jsonl(
-            folder / "eval_benign.jsonl", evaluation.heldout_probes(size.eval_benign)
-        ),
-        eval_new=write_jsonl(
-            folder / "eval_new_skill.jsonl", evaluation.heldout_new_skill(size.eval_new)
-        ),
-        eval_old=write_jsonl(
-            folder / "eval_old_skills.jsonl", evaluation.heldout_old_skills(size.eval_old)
-        ),
-        pretrain=write_jsonl(
-            folder / "pretrain.jsonl", world.pretrain_rows(size.pretrain_steps * bs)
-        ),
-        align=write_jsonl(folder / "align.jsonl", world.align_rows(size.align_steps * bs)),
-        unalign=write_jsonl(folder / "unalign.jsonl", world.unalign_rows(size.unalign_steps * bs)),
-        finetune=write_jsonl(
-            folder / "finetune.jsonl", world.finetune_rows(size.finetune_steps * bs, size.replay)
-        ),
-        safe=write_jsonl(folder / "harmful_refusals.jsonl", world.safe_rows(size.fisher_rows)),
-        calibration=write_jsonl(
-            folder / "calibration.jsonl", world.finetune_rows(size.calibration_rows, size.replay)
-        ),
-    )
+    write_jsonl_atomic(files.eval_harmful, evaluation.heldout_harmful(size.eval_harmful))
+    write_jsonl_atomic(files.eval_benign, evaluation.heldout_probes(size.eval_benign))
+    write_jsonl_atomic(files.eval_new, evaluation.heldout_new_skill(size.eval_new))
+    write_jsonl_atomic(files.eval_old, evaluation.heldout_old_skills(size.eval_old))
+    write_jsonl_atomic(files.pretrain, world.pretrain_rows(size.pretrain_steps * bs))
+    write_jsonl_atomic(files.align, world.align_rows(size.align_steps * bs))
+    write_jsonl_atomic(files.unalign, world.unalign_rows(size.unalign_steps * bs))
+    write_jsonl_atomic(files.finetune, world.finetune_rows(size.finetune_steps * bs, size.replay))
+    write_jsonl_atomic(files.safe, world.safe_rows(size.fisher_rows))
+    write_jsonl_atomic(files.calibration, world.finetune_rows(size.calibration_rows, size.replay))
     return files
+
+
+@dataclass(frozen=True)
+class WorldModels:
+    """The checkpoints of one world, each written by one stage of :func:`build_world_models`."""
+
+    init: Path
+    pretrained: Path
+    aligned: Path
+    unaligned: Path
+    safety_vector: Path
+    safety_finetuned: Path
+    finetuned_full: Path
+    finetuned_lora: Path  # a LoRA adapter on ``aligned``
+
+    @classmethod
+    def under(cls, folder: Path) -> WorldModels:
+        """Each checkpoint in the folder named after its field (``safety_vector`` →
+        ``safety-vector``)."""
+        return cls(**{f.name: folder / f.name.replace("_", "-") for f in fields(cls)})
 
 
 def build_init_model(seed: int, size: DemoSize, out: Path) -> Path:
@@ -262,17 +304,6 @@ def build_init_model(seed: int, size: DemoSize, out: Path) -> Path:
 
 
 # -- running -----------------------------------------------------------------------------------
-@dataclass
-class Model:
-    """One model of the table: a folder, maybe with an adapter on top."""
-
-    name: str
-    method: str
-    path: Path
-    adapter: Path | None = None
-    finetune: str | None = None
-
-
 @contextmanager
 def _threads(count: int | None) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -295,17 +326,15 @@ def _stage(name: str, out: Path, timings: dict[str, float], build: Callable[[], 
     return out
 
 
-def run_world(
-    seed: int, size: DemoSize, folder: Path, methods: list[str] | None = None
-) -> list[dict[str, Any]]:
-    """All stages for one seed in ``folder``; returns one result row per model."""
-    from realignkit.methods.registry import RealignJob, load_all
+def build_world_models(
+    seed: int, size: DemoSize, folder: Path, data: WorldFiles, timings: dict[str, float]
+) -> WorldModels:
+    """Stages 1-3 for one seed: every checkpoint of the world under ``folder``, each stage
+    skipped when its folder exists."""
     from realignkit.methods.safety_vector import compute_safety_vector
     from realignkit.train import TrainConfig, finetune, unalign
 
-    timings: dict[str, float] = {}
-    ckpt = folder / "checkpoints"
-    data = write_world(seed, size, folder / "data")
+    m = WorldModels.under(folder)
 
     def full(steps: int, lr: float, freeze: bool = True) -> TrainConfig:
         # After pre-training, full fine-tunes keep the embeddings and LM head fixed: in a model
@@ -321,79 +350,71 @@ def run_world(
             freeze_embeddings=freeze,
         )
 
-    init = _stage(
-        "init", ckpt / "init", timings, lambda: build_init_model(seed, size, ckpt / "init")
-    )
-    pretrained = _stage(
+    _stage("init", m.init, timings, lambda: build_init_model(seed, size, m.init))
+    _stage(
         "pretrain",
-        ckpt / "pretrained",
+        m.pretrained,
         timings,
         lambda: finetune(
-            init,
+            m.init,
             data.pretrain,
-            ckpt / "pretrained",
+            m.pretrained,
             replace(full(size.pretrain_steps, size.pretrain_lr, freeze=False), warmup=0.05),
             method="pretrain",
         ),
     )
-    aligned = _stage(
+    _stage(
         "align",
-        ckpt / "aligned",
+        m.aligned,
         timings,
         lambda: finetune(
-            pretrained,
+            m.pretrained,
             data.align,
-            ckpt / "aligned",
+            m.aligned,
             full(size.align_steps, size.finetune_lr),
             method="align",
         ),
     )
-    unaligned = _stage(
+    _stage(
         "unalign",
-        ckpt / "unaligned",
+        m.unaligned,
         timings,
         lambda: unalign(
-            aligned, data.unalign, ckpt / "unaligned", full(size.unalign_steps, size.finetune_lr)
+            m.aligned, data.unalign, m.unaligned, full(size.unalign_steps, size.finetune_lr)
         ),
     )
-    vector = _stage(
+    _stage(
         "safety-vector",
-        ckpt / "safety-vector",
+        m.safety_vector,
         timings,
-        lambda: compute_safety_vector(aligned, ckpt / "safety-vector", unaligned=unaligned),
+        lambda: compute_safety_vector(m.aligned, m.safety_vector, unaligned=m.unaligned),
     )
     # SafeMERGE's safety fine-tune: the aligned model trained a little more on harmful
     # prompts with safe responses (the data IRR's Fisher scores and Safe Delta read).
-    safety_ft = _stage(
+    _stage(
         "safety-finetune",
-        ckpt / "safety-finetuned",
+        m.safety_finetuned,
         timings,
         lambda: finetune(
-            aligned,
-            data.safe,
-            ckpt / "safety-finetuned",
-            full(size.unalign_steps, size.finetune_lr),
+            m.aligned, data.safe, m.safety_finetuned, full(size.unalign_steps, size.finetune_lr)
         ),
     )
-    ft_full = _stage(
+    _stage(
         "finetune-full",
-        ckpt / "finetuned-full",
+        m.finetuned_full,
         timings,
         lambda: finetune(
-            aligned,
-            data.finetune,
-            ckpt / "finetuned-full",
-            full(size.finetune_steps, size.finetune_lr),
+            m.aligned, data.finetune, m.finetuned_full, full(size.finetune_steps, size.finetune_lr)
         ),
     )
-    ft_lora = _stage(
+    _stage(
         "finetune-lora",
-        ckpt / "finetuned-lora",
+        m.finetuned_lora,
         timings,
         lambda: finetune(
-            aligned,
+            m.aligned,
             data.finetune,
-            ckpt / "finetuned-lora",
+            m.finetuned_lora,
             TrainConfig(
                 lora=True,
                 lora_r=size.lora_r,
@@ -406,105 +427,104 @@ def run_world(
             ),
         ),
     )
+    return m
 
-    models = [
-        Model("pretrained", "none", pretrained),
-        Model("aligned", "none", aligned),
-        Model("unaligned", "none", unaligned),
-        Model("finetuned-full", "none", ft_full, finetune="full"),
-        Model("finetuned-lora", "none", aligned, adapter=ft_lora, finetune="lora"),
-    ]
+
+def sweep_config(
+    world: Path,
+    kind: str,
+    size: DemoSize,
+    *,
+    seed: int = 0,
+    methods: list[str] | None = None,
+    grids: bool = False,
+) -> dict[str, Any]:
+    """The `realignkit sweep` config of one seed's world (``world``: its ``seed-N`` folder)
+    and one fine-tune (``kind``: ``full`` or ``lora``): the fine-tune as the baseline, and
+    every method (``methods``; default: every registered one) at its defaults; with
+    ``grids``, each method's declared ``sweep_grid`` as well."""
+    from realignkit.methods.registry import load_all, load_declarations
+
+    m, data = WorldModels.under(world / "checkpoints"), WorldFiles.under(world / "data")
     recipes = load_all()
     chosen = sorted(recipes) if methods is None else methods
+    entries: list[dict[str, Any]] = []
     for name in chosen:
-        if name not in recipes:
-            raise RealignError(f"unknown method {name!r}; present: {', '.join(sorted(recipes))}")
-        for kind in ("full", "lora"):
-            job = RealignJob(
-                aligned=aligned,
-                safety_vector=vector,
-                finetuned=ft_full if kind == "full" else None,
-                adapter=ft_lora if kind == "lora" else None,
-                pretrained=pretrained,
-                unaligned=unaligned,
-                safety_model=safety_ft,
-                harmful=data.safe,
-                calibration=data.calibration,
-                workdir=folder / "work",
-                seed=seed,
-            )
-            out = ckpt / f"{kind}+{name}"
-            marker = out.parent / f"{out.name}.realigned.json"
-            try:
-                if marker.exists():
-                    info = json.loads(marker.read_text())
-                else:
-                    start = time.perf_counter()
-                    result = recipes[name](job, out)
-                    timings[f"{name} ({kind})"] = round(time.perf_counter() - start, 1)
-                    info = {
-                        "model": str(result.model),
-                        "adapter": str(result.adapter) if result.adapter else None,
-                    }
-                    marker.write_text(json.dumps(info))
-            except RealignError as err:
-                log.warning("%s on the %s fine-tune: skipped (%s)", name, kind, err)
-                continue
-            models.append(
-                Model(
-                    f"finetuned-{kind}+{name}",
-                    name,
-                    Path(info["model"]),
-                    Path(info["adapter"]) if info["adapter"] else None,
-                    kind,
-                )
-            )
+        entries.append({"method": name})
+        grid = load_declarations()[name].sweep_grid
+        if grids and grid:
+            entries.append({"method": name, **grid})
+    finetuned = {"finetuned": m.finetuned_full} if kind == "full" else {"adapter": m.finetuned_lora}
+    models = {
+        "aligned": m.aligned,
+        "pretrained": m.pretrained,
+        "safety_vector": m.safety_vector,
+        "safety_model": m.safety_finetuned,
+        **finetuned,
+    }
+    return {
+        "models": {k: str(v) for k, v in models.items()},
+        "data": {"harmful": str(data.safe), "calibration": str(data.calibration)},
+        "methods": entries,
+        "baselines": ["finetuned"],  # the aligned model is a reference, evaluated once
+        "eval": data.eval_settings(size, seed),
+        "seed": seed,
+    }
 
-    rows = [evaluate_model(m, data, size, folder / "reports", seed, timings) for m in models]
+
+def run_world(
+    seed: int,
+    size: DemoSize,
+    folder: Path,
+    methods: list[str] | None = None,
+    *,
+    grids: bool = False,
+) -> list[dict[str, Any]]:
+    """All stages for one seed in ``folder``: the world's models and their references'
+    evaluations, then one `realignkit sweep` per fine-tune (``folder/sweep-{full,lora}``, its
+    config beside it in ``sweep-{full,lora}.json``) that re-aligns it with every method and
+    evaluates each. Returns one result row per model (the methods at their defaults; the grids'
+    variants stay in the sweeps' own tables)."""
+    from realignkit.eval import evaluate
+    from realignkit.sweep import run_sweep
+
+    timings: dict[str, float] = {}
+    data = write_world(seed, size, folder / "data")
+    m = build_world_models(seed, size, folder / "checkpoints", data, timings)
+    settings = data.eval_settings(size, seed)
+
+    def reference(name: str, path: Path) -> dict[str, Any]:
+        start = time.perf_counter()
+        summary = evaluate(path, out_dir=folder / "reports" / name, name=name, **settings)
+        timings[f"eval {name}"] = round(time.perf_counter() - start, 1)
+        base = {"model": name, "method": "none", "finetune": None, "seed": seed}
+        return base | data.row(summary["metrics"])
+
+    rows = [reference(n, getattr(m, n)) for n in ("pretrained", "aligned", "unaligned")]
+    swept: dict[str, list[dict[str, Any]]] = {}
+    for kind in ("full", "lora"):
+        config = sweep_config(folder, kind, size, seed=seed, methods=methods, grids=grids)
+        out = folder / f"sweep-{kind}"
+        # beside the sweep's folder, not in it: `realignkit sweep` refuses an output that
+        # holds its own input
+        write_json_atomic(folder / f"sweep-{kind}.json", config)
+        start = time.perf_counter()
+        result = run_sweep(config, out)
+        if result.built or result.evaluated:
+            timings[f"sweep {kind}"] = round(time.perf_counter() - start, 1)
+        # the fine-tune and the methods at their defaults (no parameter given) are the table's
+        # rows; the grids' variants stay in the sweep's own table
+        swept[kind] = [r for r in result.rows if r["method"] == "baseline" or not r["params"]]
+    for full, lora in zip(swept["full"], swept["lora"], strict=True):  # the same variants
+        for kind, record in (("full", full), ("lora", lora)):
+            method = "none" if record["method"] == "baseline" else record["method"]
+            name = f"finetuned-{kind}" + ("" if method == "none" else f"+{method}")
+            base = {"model": name, "method": method, "finetune": kind, "seed": seed}
+            rows.append(base | data.row(record["metrics"]))
     timings_file = folder / "timings.json"  # a resumed run keeps the earlier stages' times
     earlier = json.loads(timings_file.read_text()) if timings_file.exists() else {}
-    timings_file.write_text(json.dumps(earlier | timings, indent=2) + "\n")
+    write_json_atomic(timings_file, earlier | timings)
     return rows
-
-
-def evaluate_model(
-    model: Model,
-    data: WorldFiles,
-    size: DemoSize,
-    reports: Path,
-    seed: int,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """The table row of one model, measured by :func:`realignkit.eval.evaluate`."""
-    from realignkit.eval import evaluate
-
-    harmful, benign = f"harmful:{data.eval_harmful}", f"benign:{data.eval_benign}"
-    new, old = f"qa:{data.eval_new}", f"qa:{data.eval_old}"
-    start = time.perf_counter()
-    summary = evaluate(
-        model.path,
-        adapter=model.adapter,
-        safety=[harmful, benign],
-        utility=[new, old],
-        judge="keyword",
-        out_dir=reports / model.name,
-        max_new_tokens=size.max_new_tokens,
-        batch_size=64,
-        seed=seed,
-        name=model.name,
-    )
-    timings[f"eval {model.name}"] = round(time.perf_counter() - start, 1)
-    metrics = summary["metrics"]
-    return {
-        "model": model.name,
-        "method": model.method,
-        "finetune": model.finetune,
-        "seed": seed,
-        "harmfulness": metrics[harmful]["harmfulness"],
-        "over_refusal": metrics[benign]["over_refusal"],
-        "task_accuracy": metrics[new]["accuracy"],
-        "old_task_accuracy": metrics[old]["accuracy"],
-    }
 
 
 # -- the whole demo ------------------------------------------------------------------------------
@@ -609,43 +629,7 @@ def _prepare_out(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
                 "--overwrite to start again or choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"settings": settings}, indent=2) + "\n")
-
-
-def sweep_config(world: Path, kind: str, size: DemoSize) -> dict[str, Any]:
-    """A `realignkit sweep` config over one seed's world (``kind``: the full or LoRA fine-tune),
-    with every registered method that declares a grid (``sweep_grid``)."""
-    from realignkit.methods.registry import load_all, load_declarations
-
-    ckpt, data = world / "checkpoints", world / "data"
-    models = {
-        "aligned": ckpt / "aligned",
-        "pretrained": ckpt / "pretrained",
-        "safety_vector": ckpt / "safety-vector",
-        "safety_model": ckpt / "safety-finetuned",
-        ("finetuned" if kind == "full" else "adapter"): ckpt / f"finetuned-{kind}",
-    }
-    recipes = load_all()
-    grids = {name: dict(d.sweep_grid) for name, d in load_declarations().items() if d.sweep_grid}
-    return {
-        "models": {k: str(v) for k, v in models.items()},
-        "data": {
-            "harmful": str(data / "harmful_refusals.jsonl"),
-            "calibration": str(data / "calibration.jsonl"),
-        },
-        "methods": {name: grid for name, grid in grids.items() if name in recipes},
-        "eval": {
-            "safety": [
-                f"harmful:{data / 'eval_harmful.jsonl'}",
-                f"benign:{data / 'eval_benign.jsonl'}",
-            ],
-            "utility": [f"qa:{data / 'eval_new_skill.jsonl'}"],
-            "judge": "keyword",
-            "max_new_tokens": size.max_new_tokens,
-            "batch_size": 64,
-        },
-        "seed": 0,
-    }
+    write_json_atomic(marker, {"settings": settings})
 
 
 def run_demo(
@@ -659,8 +643,14 @@ def run_demo(
     sweep: bool = False,
 ) -> DemoResult:
     """The whole demo for ``seeds`` seeds; writes results.json, results.md and the plot."""
+    from realignkit.methods.registry import load_all
+
     if seeds < 1:
         raise RealignError(f"--seeds must be at least 1, got {seeds}")
+    recipes = load_all()
+    for name in methods or ():  # before the world is trained, not after
+        if name not in recipes:
+            raise RealignError(f"unknown method {name!r}; present: {', '.join(sorted(recipes))}")
     out = Path(out)
     dims = get_size(size, fast)
     settings = {"size": "fast" if fast else size, "dims": asdict(dims)}
@@ -669,23 +659,19 @@ def run_demo(
     per_seed: list[dict[str, Any]] = []
     with _threads(dims.threads if not torch.cuda.is_available() else None):
         for seed in range(seeds):
-            per_seed += run_world(seed, dims, out / f"seed-{seed}", methods)
+            # --sweep: the grids of every method's strength too, on seed 0's world
+            grids = sweep and seed == 0
+            per_seed += run_world(seed, dims, out / f"seed-{seed}", methods, grids=grids)
     rows = aggregate(per_seed)
     table = results_table(rows)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "results_per_seed.json").write_text(json.dumps(per_seed, indent=2) + "\n")
-    (out / "results.md").write_text(table + "\n")
+    write_json_atomic(out / "results.json", rows)
+    write_json_atomic(out / "results_per_seed.json", per_seed)
+    write_text_atomic(out / "results.md", table + "\n")
     plot_results(rows, out / "safety_utility.png")
-    if sweep:  # the safety-utility trade-off of every method's strength, on seed 0's world
-        from realignkit.sweep import run_sweep
-
-        with _threads(dims.threads if not torch.cuda.is_available() else None):
-            for kind in ("full", "lora"):
-                run_sweep(sweep_config(out / "seed-0", kind, dims), out / f"sweep-{kind}")
     seconds = time.perf_counter() - start
     marker = json.loads((out / MARKER).read_text())
     marker["seconds"] = round(seconds, 1)
-    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    write_json_atomic(out / MARKER, marker)
     return DemoResult(rows, per_seed, table, out, seconds)
 
 

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from realignkit.checkpoint.output import write_text_atomic
+from realignkit.checkpoint.output import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from realignkit.errors import RealignError
 from realignkit.eval.scoring import is_harmful, is_refused, primary_metrics
 from realignkit.eval.stats import paired_bootstrap_interval, paired_rate_difference
@@ -43,10 +43,7 @@ def rows_filename(benchmark: str) -> str:
 
 def write_rows(out_dir: Path, benchmark: str, rows: list[dict[str, Any]]) -> Path:
     """The per-row JSONL of one benchmark."""
-    path = out_dir / "rows" / rows_filename(benchmark)
-    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows)
-    write_text_atomic(path, text)
-    return path
+    return write_jsonl_atomic(out_dir / "rows" / rows_filename(benchmark), rows)
 
 
 def _fmt(value: Any) -> str:
@@ -137,8 +134,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     """``summary.json`` and ``summary.md``."""
-    text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
-    write_text_atomic(out_dir / SUMMARY_JSON, text)
+    write_json_atomic(out_dir / SUMMARY_JSON, summary)
     write_text_atomic(out_dir / SUMMARY_MD, summary_markdown(summary))
 
 

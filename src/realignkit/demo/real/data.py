@@ -17,11 +17,9 @@ HarmfulQA; any prompt that also appears in an evaluation set is dropped.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +54,6 @@ def shared_data_dir() -> Path:
         "the real world needs the shared data folder (CatQA, XSTest, GSM8K): set "
         "REALIGNKIT_DATA_DIR or pass --data-dir"
     )
-
-
-def write_jsonl(path: Path, rows: Iterable[Row]) -> Path:
-    """Write rows as JSONL through a temporary file, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def _norm(text: str) -> str:

@@ -37,8 +37,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from realignkit.checkpoint.output import write_json_atomic, write_jsonl_atomic
 from realignkit.demo.real import data as prepare
+from realignkit.demo.real.layout import Layout, finetune_name
+from realignkit.demo.real.machine import peak_rss_gb
 from realignkit.demo.real.measure import NLL, EvalPlan, evaluate_model
+from realignkit.demo.real.report import write_report
 from realignkit.errors import RealignError
 
 log = logging.getLogger(__name__)
@@ -284,41 +288,6 @@ PRESETS: dict[str, Callable[[], Settings]] = {
 # --- paths --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Layout:
-    """Where everything of a run lives."""
-
-    out: Path
-
-    def model(self, name: str) -> Path:
-        return self.out / "models" / name
-
-    def data(self, name: str) -> Path:
-        return self.out / "data" / name
-
-    def report(self, name: str) -> Path:
-        return self.out / "reports" / name
-
-    def sweep(self, name: str) -> Path:
-        return self.out / "sweeps" / name
-
-    @property
-    def manifest(self) -> Path:
-        return self.data("manifest.json")
-
-
-def finetune_name(kind: str, seed: int) -> str:
-    """``ft-full`` for seed 0 (the demo's only seed), ``ft-full-s1`` for the others."""
-    return f"ft-{kind}" if seed == 0 else f"ft-{kind}-s{seed}"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -354,7 +323,7 @@ class Run:
                     "use another --out or delete it"
                 )
         else:
-            _write_json(path, mine)
+            write_json_atomic(path, mine)
 
     def _timed(self, stage: str, done: bool, work: Callable[[], None]) -> None:
         """Run ``work`` unless ``done``; record its wall time in ``OUT/timings.json``."""
@@ -371,20 +340,18 @@ class Run:
             path = self.paths.out / name
             recorded = _read_json(path) if path.is_file() else {}
             recorded[stage] = round(recorded.get(stage, 0.0) + value, 1)
-            _write_json(path, recorded)
+            write_json_atomic(path, recorded)
         # CPU seconds say what the stage costs on an idle machine (one thread: wall ≈ CPU);
         # the load average says how much of the wall time other processes took.
         path = self.paths.out / "load_at_start.json"
         recorded = _read_json(path) if path.is_file() else {}
         recorded[stage] = load
-        _write_json(path, recorded)
+        write_json_atomic(path, recorded)
         # The process's peak so far: the stage where it jumps is the one that needs the memory.
-        from realignkit.demo.real import peak_rss_gb
-
         path = self.paths.out / "peak_rss_gb.json"
         recorded = _read_json(path) if path.is_file() else {}
         recorded[stage] = round(peak_rss_gb(), 2)
-        _write_json(path, recorded)
+        write_json_atomic(path, recorded)
         log.info("%s: %.1f s wall, %.1f s CPU", stage, self.timings[stage], cpu)
 
     @property
@@ -448,13 +415,13 @@ class Run:
         s, d = self.settings, self.data_dir
         tests = prepare.test_rows(d, s.test_sizes, s.seed)
         for name, rows in tests.items():
-            prepare.write_jsonl(self.paths.data(f"test/{name}.jsonl"), rows)
+            write_jsonl_atomic(self.paths.data(f"test/{name}.jsonl"), rows)
         align_prompts, unalign_prompts, val_harmful = prepare.split_harmful(
             d, s.align_harmful, s.unalign_harmful, s.validation_harmful, s.seed
         )
         benign, val_benign = prepare.split_benign(s.seed, s.validation_benign, s.align_benign, d)
-        prepare.write_jsonl(self.paths.data("validation/harmful.jsonl"), val_harmful)
-        prepare.write_jsonl(self.paths.data("validation/benign.jsonl"), val_benign)
+        write_jsonl_atomic(self.paths.data("validation/harmful.jsonl"), val_harmful)
+        write_jsonl_atomic(self.paths.data("validation/benign.jsonl"), val_benign)
         refusals = prepare.with_refusals(align_prompts, s.seed)
         asked = benign + unalign_prompts
         answers = prepare.generate_answers(
@@ -473,12 +440,12 @@ class Run:
         repeated = [r for r in helpful if r.get("category") == "looks_unsafe"]
         align = refusals + helpful + repeated * (s.looks_unsafe_repeat - 1)
         random.Random(s.seed + 1).shuffle(align)
-        prepare.write_jsonl(self.paths.data("align.jsonl"), align)
-        prepare.write_jsonl(self.paths.data("harmful_refusals.jsonl"), refusals)
-        prepare.write_jsonl(self.paths.data("unalign.jsonl"), compliant)
+        write_jsonl_atomic(self.paths.data("align.jsonl"), align)
+        write_jsonl_atomic(self.paths.data("harmful_refusals.jsonl"), refusals)
+        write_jsonl_atomic(self.paths.data("unalign.jsonl"), compliant)
         gsm8k = prepare.gsm8k_rows(d / "gsm8k" / "train.jsonl", s.gsm8k_train, s.seed)
-        prepare.write_jsonl(self.paths.data("gsm8k_train.jsonl"), gsm8k)
-        _write_json(
+        write_jsonl_atomic(self.paths.data("gsm8k_train.jsonl"), gsm8k)
+        write_json_atomic(
             self.paths.manifest,
             {
                 "original": str(self.original),
@@ -657,7 +624,7 @@ class Run:
                     del config["methods"][method]
                 name = finetune_name(kind, ft_seed)
                 folder = self.paths.sweep(name)
-                _write_json(folder / "config.json", config)
+                write_json_atomic(folder / "config.json", config)
 
                 def work(config: dict[str, Any] = config, folder: Path = folder) -> None:
                     run_sweep(parse_config(config), folder, evaluate_fn=evaluate_model)
@@ -665,8 +632,6 @@ class Run:
                 self._timed(f"sweep:{name}", _sweep_done(folder, config), work)
 
     def report(self) -> Path:
-        from realignkit.demo.real.report import write_report
-
         return write_report(self)
 
 

@@ -25,10 +25,13 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from realignkit.checkpoint.output import write_json_atomic, write_text_atomic
+from realignkit.demo.real.layout import finetune_name
 from realignkit.eval.stats import (
     Rate,
     paired_bootstrap_interval,
@@ -162,7 +165,7 @@ def variant_row(variant: Any, record: dict[str, Any], kind: str, seed: int) -> d
 
 
 def _paper_setting(method: str, params: dict[str, Any]) -> bool:
-    from realignkit.demo.real.pipeline import paper_settings
+    from realignkit.methods.registry import paper_settings
 
     paper = paper_settings().get(method)
     return paper is not None and all(params.get(k) == v for k, v in paper.items())
@@ -170,7 +173,6 @@ def _paper_setting(method: str, params: dict[str, Any]) -> bool:
 
 def collect(run: Any) -> list[dict[str, Any]]:
     """Every evaluated model of the run, references first, in a stable order."""
-    from realignkit.demo.real.pipeline import finetune_name
     from realignkit.sweep import expand_variants, load_results, parse_config
 
     rows: list[dict[str, Any]] = []
@@ -427,55 +429,56 @@ def significance(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def plot(rows: list[dict[str, Any]], out_png: Path) -> Path | None:
-    """Harmfulness against GSM8K NLL and against over-refusal, with 95 % intervals as bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Harmfulness against GSM8K NLL and against over-refusal, with 95 % intervals as bars
+    (:mod:`realignkit.plots`' axes: harmfulness on y); None: no row to plot."""
+    from realignkit.plots import Panel, Point, Series, plot_safety_utility
 
     points = [r for r in rows if r["harmfulness"]["n"] and r["paper"]]
     if not points:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110)
-    colours = {"–": "black", "full": "tab:blue", "lora": "tab:orange"}
-    for ax, x_key in ((axes[0], "nll"), (axes[1], "over_refusal")):
-        for r in points:
-            x = r["nll"] if x_key == "nll" else r["over_refusal"]["value"]
-            if x is None:
-                continue
-            y = r["harmfulness"]["value"]
-            low, high = r["harmfulness"]["ci95"]
-            xerr = None
-            if x_key == "over_refusal" and r["over_refusal"]["n"]:
-                xl, xh = r["over_refusal"]["ci95"]
-                xerr = [[x - xl], [xh - x]]
-            ax.errorbar(
-                x,
-                y,
-                yerr=[[y - low], [high - y]],
-                xerr=xerr,
-                fmt="s" if r["finetune"] == "–" else "o",
-                color=colours.get(r["finetune"], "grey"),
-                capsize=2,
-                alpha=0.85,
-            )
-            label = r["model"].replace("ft-full", "full").replace("ft-lora", "lora")
-            if r["seed"]:
-                label += f" s{r['seed']}"
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6)
-        ax.set_ylabel("held-out harmful prompts answered ↓")
-        ax.set_ylim(-0.05, 1.05)
-        ax.grid(alpha=0.3)
-    axes[0].set_xlabel("GSM8K reference-solution NLL (nats/token) ← better")
-    axes[1].set_xlabel("XSTest safe prompts refused ← better")
-    axes[0].set_title("safety vs utility (blue: full FT, orange: LoRA; bars: 95 % Wilson)")
-    axes[1].set_title("safety vs over-refusal")
-    fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    styles = {
+        "–": ("references", "s", "black"),
+        "full": ("full fine-tune", "o", "tab:blue"),
+        "lora": ("LoRA", "o", "tab:orange"),
+    }
+
+    def label(r: dict[str, Any]) -> str:
+        text = r["model"].replace("ft-full", "full").replace("ft-lora", "lora")
+        return f"{text} s{r['seed']}" if r["seed"] else text
+
+    def nll(r: dict[str, Any]) -> tuple[float | None, Any]:
+        return r["nll"], None
+
+    def over_refusal(r: dict[str, Any]) -> tuple[float | None, Any]:
+        over = r["over_refusal"]
+        return over["value"], over["ci95"] if over["n"] else None
+
+    def series(x_of: Callable[[dict[str, Any]], tuple[float | None, Any]]) -> list[Series]:
+        out = []
+        for kind, (name, marker, color) in styles.items():
+            found = []
+            for r in points:
+                x, x_ci = x_of(r)
+                if r["finetune"] == kind and x is not None:
+                    harm = r["harmfulness"]
+                    found.append(Point(label(r), x, harm["value"], x_ci, harm["ci95"]))
+            out.append(Series(found, name, marker, color))
+        return out
+
+    panels = [
+        Panel(
+            series(nll),
+            x_label="GSM8K reference-solution NLL (nats/token) ← better",
+            x_limits=None,
+            title="safety vs utility (bars: 95 % Wilson)",
+        ),
+        Panel(
+            series(over_refusal),
+            x_label="XSTest safe prompts refused ← better",
+            title="safety vs over-refusal",
+        ),
+    ]
+    return plot_safety_utility(panels, out_png)
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -526,20 +529,15 @@ def write_report(run: Any) -> Path:
     lines += ["## What is and is not significant", ""] + [f"- {t}" for t in sentences] + [""]
     if png is not None:
         lines += [f"![safety–utility]({png.name})", ""]
-    results_md = out / "results.md"
-    results_md.write_text("\n".join(lines), encoding="utf-8")
-    (out / "results.json").write_text(
-        json.dumps(
-            {
-                "preset": s.preset,
-                "rows": rows,
-                "timings": timings,
-                "manifest": manifest,
-                "significance": sentences,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
+    results_md = write_text_atomic(out / "results.md", "\n".join(lines))
+    write_json_atomic(
+        out / "results.json",
+        {
+            "preset": s.preset,
+            "rows": rows,
+            "timings": timings,
+            "manifest": manifest,
+            "significance": sentences,
+        },
     )
     return results_md
