@@ -196,3 +196,110 @@ def test_streaming_plans_match_measured_peaks_on_smollm2(smol_world, fixed_cost)
         fixed_cost,
         STREAM_SLACK,
     )
+
+
+# --- --dry-run -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dry_world(tmp_path_factory):
+    """Every input a heavy command takes, on the tiny Llama."""
+    from test_checkpoint import _peft_adapter
+    from tiny import build_tiny_model
+
+    from realignkit.methods.safety_vector import compute_safety_vector
+
+    root = tmp_path_factory.mktemp("dry")
+    aligned = save_tiny_model("llama", root / "aligned", seed=1)
+    for name, seed in (("unaligned", 2), ("finetuned", 3), ("pretrained", 4)):
+        noisy_copy(aligned, root / name, seed=seed, scale=1e-2)
+    _peft_adapter(
+        "llama", build_tiny_model("llama", seed=1), root / "adapter", target_modules=["q_proj"]
+    )
+    rows = [{"prompt": f"How do I do thing {i}?", "response": "I cannot help."} for i in range(8)]
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    compute_safety_vector(aligned, root / "sv", unaligned=root / "unaligned")
+    return root
+
+
+def heavy_commands(w: Path) -> dict[str, list[list[str]]]:
+    """Each heavy command's invocations, as a user types them (outputs under ``w/out``)."""
+    a, f, p, rows = (str(w / n) for n in ("aligned", "finetuned", "pretrained", "rows.jsonl"))
+    sv = ["--safety-vector", str(w / "sv")]
+    return {
+        "safety-vector": [["--aligned", a, "--unaligned", str(w / "unaligned")]],
+        "resta": [["--finetuned", f, *sv], ["--finetuned", f, *sv, "--dare", "0.3", "--base", a]],
+        "safemerge": [
+            ["--finetuned", f, "--aligned", a, "--pretrained", p]
+            + ["--safety-model", str(w / "unaligned")]
+        ],
+        "safedelta": [["--finetuned", f, "--aligned", a, "--safety-data", rows]],
+        "safelora": [
+            ["--aligned", a, "--pretrained", p, "--adapter", str(w / "adapter")],
+            ["--aligned", a, "--pretrained", p, "--full", "--finetuned", f, "--num-layers", "2"],
+        ],
+        "fisher": [["--model", a, "--harmful", rows]],
+        "irr": [["--finetuned", f, "--base", a, *sv, "--mask", "magnitude", "--calibration", rows]],
+        "eval": [["-m", f, "--safety", f"harmful:{rows}", "--batch-size", "4"]],
+        "finetune": [["-m", a, "-d", rows], ["-m", a, "-d", rows, "--full"]],
+        "unalign": [["-m", a, "-d", rows, "--lora-r", "4"]],
+    }
+
+
+def _no_loading(monkeypatch) -> None:
+    """Every way realignkit reads tensor data or loads a model raises."""
+    import safetensors.torch
+    import transformers
+
+    from realignkit.checkpoint.reader import CheckpointReader
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a dry run loaded tensor data")
+
+    monkeypatch.setattr(CheckpointReader, "_read", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    for cls in (transformers.AutoModelForCausalLM, transformers.PreTrainedModel):
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    from helpers import run_cli
+
+    capsys.readouterr()
+    code = run_cli(args)
+    return code, capsys.readouterr().out
+
+
+def test_every_heavy_command_dry_runs_to_its_plan_loading_and_writing_nothing(
+    dry_world, monkeypatch, capsys
+):
+    from helpers import folder_digest
+
+    from realignkit.plan import planned_commands
+
+    cases = heavy_commands(dry_world)
+    assert set(cases) == planned_commands()  # a new planned command needs a case here
+    # Both processes' fixed cost is the same figure, so the two prints must be equal.
+    monkeypatch.setattr("realignkit.plan.current_rss", lambda: 300 * MIB)
+    _no_loading(monkeypatch)
+    before = folder_digest(dry_world)
+    for command, invocations in cases.items():
+        for i, args in enumerate(invocations):
+            args = [*args, "-o", str(dry_world / "out" / f"{command}-{i}")]
+            code, dry = _cli([command, *args, "--dry-run"], capsys)
+            assert code == 0, (command, dry)
+            plan_code, plan = _cli(["plan", command, *args], capsys)
+            assert plan_code == 0 and dry == plan, (command, dry, plan)
+            assert dry.startswith(f"plan for `realignkit {command}`") and "peak host" in dry
+    assert not (dry_world / "out").exists() and folder_digest(dry_world) == before
+
+
+def test_a_dry_run_that_does_not_fit_exits_3(dry_world, capsys):
+    a, rows = str(dry_world / "aligned"), str(dry_world / "rows.jsonl")
+    args = ["fisher", "--model", a, "--harmful", rows, "-o", str(dry_world / "x")]
+    code, out = _cli([*args, "--max-memory", "cpu=1MiB", "--dry-run"], capsys)
+    assert code == 3 and "does NOT fit --max-memory cpu=1.0 MiB" in out
+    code, out = _cli([*args, "--max-memory", "cpu=64GiB", "--dry-run"], capsys)
+    assert code == 0 and "fits --max-memory cpu=64.00 GiB: yes" in out
+    assert not (dry_world / "x").exists()

@@ -225,6 +225,27 @@ def tensors_of(path: str | os.PathLike[str], what: str = "model") -> Tensors:
         )
 
 
+def adapter_tensors(folder: str | os.PathLike[str]) -> Tensors:
+    """A PEFT adapter's tensors from the header of its ``adapter_model.safetensors``."""
+    from realignkit.checkpoint.reader import read_safetensors_header
+
+    file = Path(folder) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise RealignError(f"plan: {str(folder)!r} has no adapter_model.safetensors")
+    infos, _ = read_safetensors_header(file)
+    with file.open("rb") as fh:
+        header = 8 + int.from_bytes(fh.read(8), "little")
+    return Tensors(
+        names=tuple(infos),
+        nbytes={n: i.nbytes for n, i in infos.items()},
+        numel={n: math.prod(i.shape) for n, i in infos.items()},
+        dtypes={n: i.dtype for n, i in infos.items()},
+        shapes={n: i.shape for n, i in infos.items()},
+        header_bytes=header,
+        folder=file.parent,
+    )
+
+
 def _support_bytes(folder: Path) -> int:
     """Config and tokenizer files the output copies (read once, written once)."""
     from realignkit.checkpoint.writer import SUPPORT_FILES
@@ -334,6 +355,9 @@ def weight_method_stages(
             held_in[n] = ft.nbytes[n] + extra + int(ft.numel[n] * transient_per_entry)
         else:
             held_in[n] = 0  # the fine-tuned tensor itself is the result
+    if method.scan is not None and method.scan_when(params):
+        # A first pass scores every edited weight (nothing kept) before the writing pass.
+        read += sum(held_in[n] - int(ft.numel[n] * transient_per_entry) for n in edited)
     biggest = max((ft.numel[n] for n in edited), default=0)
     held = stream_peak(ft.names, held_in, held_out, int(biggest * persistent_per_entry), workers)
     support = _support_bytes(ft.folder)
@@ -618,7 +642,9 @@ def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stag
 def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
     shape = model_shape(opts["model"])
     device, dtype = _compute(opts.get("device"), opts.get("dtype"))
-    lora = str(opts.get("lora", "true")).lower() not in ("false", "no", "0")
+    # `--lora/--full` is one flag of the command (``lora``); `plan` may read it as ``full``.
+    full = str(opts.get("full", "false")).lower() in ("true", "yes", "1")
+    lora = not full and str(opts.get("lora", "true")).lower() not in ("false", "no", "0")
     batch = int(opts.get("batch_size", 8))
     length = int(opts.get("max_length", 512))
     if lora:
@@ -736,7 +762,73 @@ def layer_method_stages(
     return [stage]
 
 
-COMMANDS = ("resta", "safety-vector", "fisher", "irr", "eval", "finetune", "unalign")
+def safelora_adapter_stages(
+    opts: Mapping[str, Any], *, workers: int = 2, baseline: int | None = None
+) -> list[Stage]:
+    """``safelora --adapter``: the adapter's factors, and for each adapted linear its aligned
+    and pre-trained weights (V = W_A - W_P, its fp32 projection C·B and C·B·A); the output
+    is an adapter of the same keys."""
+    from realignkit.checkpoint.adapter import _LORA_KEY, PEFT_PREFIX
+
+    adapter = adapter_tensors(str(opts["adapter"]))
+    aligned = tensors_of(str(opts["aligned"]), "aligned model")
+    pretrained = tensors_of(str(opts["pretrained"]), "pre-trained model")
+    modules = {}
+    for key in adapter.names:
+        found = _LORA_KEY.match(key)
+        if found:
+            modules[found["module"].removeprefix(PEFT_PREFIX) + ".weight"] = found["module"]
+    weights = [n for n in aligned.names if n in modules]
+    read = adapter.header_bytes + adapter.total + aligned.header_bytes + pretrained.header_bytes
+    held_in: dict[str, int] = {}
+    for n in weights:
+        read += aligned.nbytes[n] + pretrained.nbytes.get(n, 0)
+        # V, the product C·B·A and the fp32 weight-wide copies the similarity compares.
+        held_in[n] = aligned.nbytes[n] + pretrained.nbytes.get(n, 0) + 16 * aligned.numel[n]
+    held = stream_peak(weights, held_in, dict.fromkeys(weights, 0), 0, workers)
+    held += adapter.total  # the adapter's factors are kept until written
+    support = sum(
+        p.stat().st_size for p in adapter.folder.iterdir() if p.is_file() and p.suffix == ".json"
+    )
+    fixed = current_rss() if baseline is None else baseline
+    return [
+        Stage(
+            name=f"safelora: project {len(weights)} adapted linears",
+            read_bytes=read + support,
+            written_bytes=output_bytes(adapter, adapter.names, "100GB") + support,
+            host_bytes=fixed + held,
+            detail=f"{workers} workers; reads the adapter, aligned, pretrained",
+        )
+    ]
+
+
+def safelora_stages(opts: Mapping[str, Any], *, workers: int, shard: str | int) -> list[Stage]:
+    """``safelora``: on an adapter (above) or, with ``--full``, the declared weight method."""
+    from realignkit.methods.safelora import SAFELORA, SAFELORA_FULL
+
+    full = str(opts.get("full", "false")).lower() in ("true", "yes", "1")
+    if not full:
+        if not opts.get("adapter"):
+            raise RealignError("plan safelora: give --adapter, or --full with --finetuned")
+        return safelora_adapter_stages(opts, workers=workers)
+    values = {p.name: opts[p.name] for p in SAFELORA.params if opts.get(p.name) is not None}
+    inputs = {k: opts.get(k) for k in _INPUT_NAMES}
+    stages = weight_method_stages(
+        SAFELORA_FULL, inputs, values, workers=workers, max_shard_size=shard
+    )
+    stages[0].name = stages[0].name.replace("safelora-full", "safelora --full")
+    return stages
+
+
+COMMANDS = ("resta", "safety-vector", "safelora", "fisher", "irr", "eval", "finetune", "unalign")
+
+
+def planned_commands() -> set[str]:
+    """Every command ``realignkit plan`` (and ``--dry-run``) knows: the fixed ones and every
+    declared method with a command of its own."""
+    from realignkit.methods.registry import load_methods
+
+    return {*COMMANDS, *(n for n, m in load_methods().items() if m.cli)}
 
 
 def plan_command(command: str, opts: Mapping[str, Any], *, baseline: int | None = None) -> Plan:
@@ -769,6 +861,8 @@ def _plan_command(command: str, opts: Mapping[str, Any]) -> Plan:
         stages = safety_vector_stages(
             opts["aligned"], opts["unaligned"], workers=workers, max_shard_size=shard
         )
+    elif command == "safelora":
+        stages = safelora_stages(opts, workers=workers, shard=shard)
     elif command == "fisher":
         stages = fisher_stages(opts, limits)
     elif command == "irr":
@@ -789,7 +883,7 @@ def _plan_command(command: str, opts: Mapping[str, Any]) -> Plan:
         else:
             stages = layer_method_stages(method, opts, values, limits)
     else:
-        known = sorted({*COMMANDS, *(n for n, m in methods.items() if m.cli)})
+        known = sorted(planned_commands())
         raise RealignError(f"plan: unknown command {command!r}; planned: {', '.join(known)}")
     if any(s.device_bytes for s in stages):
         notes.append("device peaks leave out the CUDA context (about 0.5 GiB per GPU)")
