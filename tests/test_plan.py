@@ -303,3 +303,90 @@ def test_a_dry_run_that_does_not_fit_exits_3(dry_world, capsys):
     code, out = _cli([*args, "--max-memory", "cpu=64GiB", "--dry-run"], capsys)
     assert code == 0 and "fits --max-memory cpu=64.00 GiB: yes" in out
     assert not (dry_world / "x").exists()
+
+
+# --- model stages --------------------------------------------------------------------------
+
+# The model stages' stated accuracy: what the plan adds to its process's fixed cost (the
+# weights, the pass's working memory) is within 30 % + 48 MiB of what the command measurably
+# adds to the same fixed cost (its peak VmHWM minus the plan's own fixed cost, measured in
+# the planning process after the command's imports).
+MODEL_SLACK = 0.30
+MODEL_MARGIN = 48 * MIB
+
+
+@pytest.fixture(scope="module")
+def model_world(tmp_path_factory):
+    """A Llama small enough for the CPU whose passes hold more than the process's fixed cost:
+    256 wide, 4 blocks, 4096-token vocabulary; rows longer than --max-length."""
+    from tiny import make_tokenizer
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from realignkit.methods.safety_vector import compute_safety_vector
+
+    root = tmp_path_factory.mktemp("model")
+    config = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=4096,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "aligned")
+    make_tokenizer().save_pretrained(root / "aligned")
+    for name, seed in (("unaligned", 2), ("finetuned", 3)):
+        noisy_copy(root / "aligned", root / name, seed=seed, scale=1e-2)
+    compute_safety_vector(root / "aligned", root / "sv", unaligned=root / "unaligned")
+
+    def words(count: int, shift: int = 0) -> str:
+        return " ".join("abcdefghij"[(i + shift) % 10] * 3 for i in range(count))
+
+    rows = [{"prompt": words(20) + f" {i}", "response": words(300, 3)} for i in range(16)]
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = [{"prompt": words(60) + f" {i}"} for i in range(8)]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    return root
+
+
+def model_cases(w: Path) -> dict[str, list[str]]:
+    """Planned model commands, as a user types them."""
+    a, rows = str(w / "aligned"), str(w / "rows.jsonl")
+    train = ["-m", a, "-d", rows, "--max-length", "256", "--batch-size", "8", "--max-steps", "2"]
+    calibrate = ["--calibration", rows, "--num-samples", "16", "--max-length", "256"]
+    return {
+        "finetune-lora": ["finetune", *train],
+        "finetune-full": ["finetune", *train, "--full"],
+        "fisher": ["fisher", "--model", a, "--harmful", rows, "--max-length", "256"]
+        + ["--num-samples", "8", "--mode", "per-batch", "--batch-size", "8"],
+        # The plan reads the prompts (not the model) for their longest rendered length.
+        "eval": ["eval", "-m", str(w / "finetuned"), "--safety", f"harmful:{w / 'prompts.jsonl'}"]
+        + ["--batch-size", "8", "--max-new-tokens", "128"],
+        "irr": ["irr", "--finetuned", str(w / "finetuned"), "--base", a]
+        + ["--safety-vector", str(w / "sv"), "--mask", "magnitude", *calibrate],
+        "safedelta": ["safedelta", "--finetuned", str(w / "finetuned"), "--aligned", a]
+        + ["--safety-data", rows, "--num-samples", "16", "--max-length", "256"],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case", ["finetune-lora", "finetune-full", "fisher", "eval", "irr", "safedelta"]
+)
+def test_model_stage_plans_match_measured_peaks(model_world, case):
+    args = [*model_cases(model_world)[case], "-o", str(model_world / "out" / case)]
+    plan = planned(args)
+    real = measured(args)
+    fixed = max(stage["fixed_bytes"] for stage in plan["stages"])
+    planned_extra, measured_extra = plan["peak_host_bytes"] - fixed, real["rss"] - fixed
+    assert abs(planned_extra - measured_extra) <= MODEL_SLACK * measured_extra + MODEL_MARGIN, (
+        case,
+        planned_extra / MIB,
+        measured_extra / MIB,
+    )

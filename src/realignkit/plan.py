@@ -77,6 +77,39 @@ def current_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+# What each model command imports once it runs (imported by the plan before it measures
+# its own resident memory, so the fixed cost it plans from includes them).
+# Loading any model imports these (measured: ~170 MiB of code and data on top of the CLI).
+MODEL_IMPORTS = (
+    "transformers.modeling_utils",
+    "transformers.generation",
+    "transformers.tokenization_utils_fast",
+    "accelerate",
+)
+COMMAND_IMPORTS = {
+    "fisher": ("realignkit.calib.fisher",),
+    "eval": ("realignkit.eval.runner", "realignkit.eval.generate"),
+    "finetune": ("realignkit.train.finetune", "peft", "transformers.trainer"),
+    "calibration": ("realignkit.execute", "realignkit.calib.hessian", "realignkit.methods.irr"),
+}
+
+
+def fixed_cost(command: str) -> int:
+    """The resident memory a model command starts from: this process's after the command's
+    own imports (:data:`COMMAND_IMPORTS`, :data:`MODEL_IMPORTS`) and one small forward and
+    backward pass (torch's kernels allocate their buffers on first use), or the baseline the
+    plan was given."""
+    if not _FIXED:
+        import importlib
+
+        for module in (*MODEL_IMPORTS, *COMMAND_IMPORTS.get(command, ())):
+            importlib.import_module(module)
+        x = torch.randn(2, 4, 16, 8, requires_grad=True)
+        attention = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+        torch.nn.functional.linear(attention, torch.randn(8, 8)).sum().backward()
+    return current_rss()
+
+
 @dataclass
 class Stage:
     """One stage of a command: what it reads, writes and holds at its peak."""
@@ -87,6 +120,7 @@ class Stage:
     host_bytes: int = 0
     device_bytes: dict[str, int] = field(default_factory=dict)
     detail: str = ""
+    fixed_bytes: int = 0  # of host_bytes: the process's own (imports, runtime), planned from
 
 
 @dataclass
@@ -369,6 +403,7 @@ def weight_method_stages(
             read_bytes=read + support,
             written_bytes=output_bytes(ft, ft.names, max_shard_size) + support,
             host_bytes=fixed + held,
+            fixed_bytes=fixed,
             detail=f"{workers} workers, {WINDOW} results pending; reads "
             + ", ".join(["finetuned", *others]),
         )
@@ -398,6 +433,7 @@ def safety_vector_stages(
             read_bytes=a.header_bytes + u.header_bytes + a.total + u.total,
             written_bytes=output_bytes(a, a.names, max_shard_size),
             host_bytes=fixed + held,
+            fixed_bytes=fixed,
             detail=f"{workers} workers, {WINDOW} results pending",
         )
     ]
@@ -563,7 +599,7 @@ def _model_stage(
         host += working
     else:
         devices[first] += working
-    return Stage(name, read, written, host, devices, detail)
+    return Stage(name, read, written, host, devices, detail, baseline)
 
 
 def fisher_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
@@ -606,16 +642,47 @@ def fisher_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[St
             outputs,
             f"{len(linear)} linears, fp32 accumulators {_gib(accumulators)}, batch {batch} x "
             f"{length} tokens, {dtype}",
-            current_rss(),
+            fixed_cost("fisher"),
         )
     ]
+
+
+def longest_prompt(opts: Mapping[str, Any]) -> int | None:
+    """Tokens of the longest prompt ``eval`` will ask, rendered as it renders them: the
+    benchmarks are read (as ``eval`` reads them before any model), the model is not."""
+    from realignkit.eval.benchmarks import LoadOptions, load_benchmarks, split_specs
+    from realignkit.eval.generate import HFGenerator, resolve_system_prompt
+    from realignkit.eval.runner import _render
+    from realignkit.modeling import load_tokenizer
+
+    benches = load_benchmarks(
+        split_specs(opts.get("safety")),
+        split_specs(opts.get("utility")),
+        LoadOptions(
+            data_dir=opts.get("data_dir"),
+            prompt_column=str(opts.get("prompt_column", "prompt")),
+            answer_column=str(opts.get("answer_column", "answer")),
+            limit=None if opts.get("limit") is None else int(opts["limit"]),
+            seed=int(opts.get("seed", 0)),
+        ),
+    )
+    if not any(b.rows for b in benches):
+        return None
+    generator = HFGenerator(None, load_tokenizer(opts["model"]))
+    system = resolve_system_prompt(opts.get("system_prompt"))
+    return max(
+        len(generator.encode([_render(generator, b, row, system)])[0])
+        for b in benches
+        for row in b.rows
+    )
 
 
 def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
     shape = model_shape(opts["model"])
     device, dtype = _compute(opts.get("device"), opts.get("dtype"))
     batch = int(opts.get("batch_size", 16))
-    prompt = int(opts.get("max_prompt_length", 512))
+    # The longest prompt sets every batch's width (left padding): an upper bound per batch.
+    prompt = int(opts.get("max_prompt_length") or longest_prompt(opts) or 512)
     new = int(opts.get("max_new_tokens", 256))
     length = prompt + new
     kv = batch * length * shape.layers * 2 * shape.kv_dim * dtype.itemsize
@@ -634,7 +701,7 @@ def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stag
             shape.file_bytes,
             0,
             f"batch {batch}, {prompt} prompt + {new} new tokens, KV cache {_gib(kv)}",
-            current_rss(),
+            fixed_cost("eval"),
         )
     ]
 
@@ -647,22 +714,30 @@ def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[
     lora = not full and str(opts.get("lora", "true")).lower() not in ("false", "no", "0")
     batch = int(opts.get("batch_size", 8))
     length = int(opts.get("max_length", 512))
+    activations = backward_activations(shape, batch, length, dtype.itemsize)
     if lora:
         rank = int(opts.get("lora_r", 16))
-        trainable = 0
-        for name, count in shape.linear_params.items():
+        targets = opts.get("target_modules")
+        wanted = {t.strip() for t in str(targets).split(",")} if targets else None
+        trainable = adapted_outputs = 0
+        for name in shape.linear_params:
+            if wanted is not None and name.rsplit(".", 2)[-2] not in wanted:
+                continue
             module = shape.meta.get_submodule(name.rsplit(".", 1)[0])
-            weight = module.weight
-            trainable += rank * sum(weight.shape) if count else 0
+            trainable += rank * sum(module.weight.shape)
+            adapted_outputs += getattr(module, "out_features", None) or module.weight.shape[-1]
         state = 16 * trainable  # fp32 weight, gradient and Adam's two moments
         weights_dtype = dtype
+        # Measured (tests/test_plan.py): an adapted linear keeps one more output-wide tensor
+        # per token than the plain one (PEFT adds the low-rank path to the base output).
+        activations += batch * length * adapted_outputs * dtype.itemsize
     else:
         trainable = shape.params
         state = 12 * trainable  # gradient and Adam's moments in fp32 beside fp32 weights
         weights_dtype = torch.float32
-    working = state + backward_activations(shape, batch, length, dtype.itemsize)
+    working = state + activations
     if opts.get("gradient_checkpointing") not in (None, False, "false"):
-        working -= backward_activations(shape, batch, length, dtype.itemsize) * 9 // 10
+        working -= activations * 9 // 10
     written = 4 * trainable if lora else shape.params * shape.stored_dtype.itemsize
     return [
         _model_stage(
@@ -677,7 +752,7 @@ def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[
             written,
             f"{'LoRA r=' + str(opts.get('lora_r', 16)) if lora else 'full'}: {trainable:,} "
             f"trainable entries, batch {batch} x {length} tokens",
-            current_rss(),
+            fixed_cost("finetune"),
         )
     ]
 
@@ -690,23 +765,32 @@ def calibration_stage(
     length: int,
     written: int,
     baseline: int,
+    *,
+    batch: int = 8,
+    max_shard_size: str | int = "1GB",
 ) -> Stage:
     """Block-by-block recalibration (:func:`realignkit.calib.hessian.edit_blockwise`).
 
     The model waits on the CPU; one decoder block (plus the modules outside the blocks) is on
     the accelerator with the hidden states of every calibration row (in and out), fp32
     Hessians of the block's distinct linear inputs and fp32 copies of one weight being
-    edited: nothing here grows with depth.
+    edited: nothing here grows with depth. One batch's pass through a block keeps its
+    attention and MLP intermediates while the Hessian hooks take fp32 copies of the linears'
+    inputs. On the host, the edited weights wait in the writer until a shard is full.
     """
+    from realignkit.checkpoint.writer import parse_size
+
     block = shape.params // max(shape.layers, 1)
     hidden_states = 2 * rows * length * shape.hidden * dtype.itemsize
     hessians = 4 * (2 * shape.hidden**2 + shape.intermediate**2)
     largest = max(shape.linear_params.values(), default=0)
-    on_device = block * dtype.itemsize + hidden_states + hessians + 4 * 4 * largest
-    host = baseline + shape.params * dtype.itemsize
-    devices = {} if device == "cpu" else {device: on_device}
+    wide = 4 * shape.hidden + 2 * shape.kv_dim + 3 * shape.intermediate
+    forward = batch * length * wide * 4
+    working = hidden_states + hessians + forward + 16 * largest
+    host = baseline + shape.params * dtype.itemsize + min(written, parse_size(max_shard_size))
+    devices = {} if device == "cpu" else {device: block * dtype.itemsize + working}
     if device == "cpu":
-        host += hidden_states + hessians + 16 * largest
+        host += working
     return Stage(
         "calibration: block by block",
         shape.file_bytes,
@@ -714,6 +798,7 @@ def calibration_stage(
         host,
         devices,
         f"{rows} rows x {length} tokens, one block of {shape.layers} on the device",
+        baseline,
     )
 
 
@@ -734,12 +819,25 @@ def irr_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage
     read = ft.total + sum(extra.values())
     device, dtype = _compute(opts.get("device"), opts.get("dtype"))
     written = output_bytes(ft, ft.names, opts.get("max_shard_size", "1GB"))
-    stages = [Stage("irr: identify + remove", read, 0, current_rss() + held, {}, "streamed")]
+    fixed = current_rss()
+    stages = [Stage("irr: identify + remove", read, 0, fixed + held, {}, "streamed", fixed)]
     if str(opts.get("recalibrate", "true")).lower() not in ("false", "no", "0"):
         shape = model_shape(opts["base"])
         rows = int(opts.get("num_samples") or 128)
         length = int(opts.get("max_length") or 512)
-        stages.append(calibration_stage(shape, dtype, device, rows, length, written, current_rss()))
+        stages.append(
+            calibration_stage(
+                shape,
+                dtype,
+                device,
+                rows,
+                length,
+                written,
+                fixed_cost("calibration"),
+                batch=int(opts.get("batch_size") or 8),
+                max_shard_size=opts.get("max_shard_size", "1GB"),
+            )
+        )
     else:
         stages[0].written_bytes = written
     return stages
@@ -756,7 +854,15 @@ def layer_method_stages(
     ft = tensors_of(opts["finetuned"], "fine-tuned model")
     written = output_bytes(ft, ft.names, opts.get("max_shard_size", "1GB"))
     stage = calibration_stage(
-        shape, dtype, device, params["num_samples"], params["max_length"], written, current_rss()
+        shape,
+        dtype,
+        device,
+        params["num_samples"],
+        params["max_length"],
+        written,
+        fixed_cost("calibration"),
+        batch=int(params.get("batch_size") or 8),
+        max_shard_size=opts.get("max_shard_size", "1GB"),
     )
     stage.read_bytes += ft.total
     return [stage]
@@ -797,6 +903,7 @@ def safelora_adapter_stages(
             read_bytes=read + support,
             written_bytes=output_bytes(adapter, adapter.names, "100GB") + support,
             host_bytes=fixed + held,
+            fixed_bytes=fixed,
             detail=f"{workers} workers; reads the adapter, aligned, pretrained",
         )
     ]
