@@ -22,10 +22,13 @@ Where the figures come from:
   accelerate's own ``infer_auto_device_map`` on the meta model, as the loading will place
   them.
 
-Every peak is an upper bound for the stated settings (sequences as long as ``--max-length``);
+Every peak is an upper bound for the stated settings (sequences as long as ``--max-length``;
+``eval``'s prompts as long as the longest one its benchmarks hold, read with the tokenizer);
 the process's fixed cost (the interpreter, torch, transformers) is measured in the planning
-process itself after the same imports. ``tests/test_plan.py`` checks the figures against peaks
-and byte counts measured on the tiny models and on SmolLM2-135M.
+process itself after the same imports (:func:`fixed_cost`). ``tests/test_plan.py`` checks the
+figures against peaks and byte counts measured on the tiny models and on SmolLM2-135M, and
+the model stages on a small Llama. ``--dry-run`` on each planned command prints this plan
+(:func:`realignkit.cli.plan.with_dry_run`).
 """
 
 from __future__ import annotations

@@ -62,8 +62,9 @@ def plan_cmd(
     command: Annotated[
         str,
         typer.Argument(
-            help="The command to plan: resta (or another method), safety-vector, fisher, irr, "
-            "eval, finetune, unalign; then its options as you would give them."
+            help="The command to plan: resta (or another declared method: safedelta, "
+            "safemerge), safety-vector, safelora, fisher, irr, eval, finetune, unalign; then "
+            "its options as you would give them (or give that command --dry-run)."
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
