@@ -10,7 +10,7 @@ counted from after the CLI's imports). Tolerances, the plan's stated accuracy:
 * peak host memory: an upper bound, at most 25 % + 64 MiB above the measured peak RSS;
 * model stages (``finetune`` LoRA and full, ``fisher``, ``eval``, the IRR and Safe Delta
   calibration passes), on a Llama 256 wide whose passes hold more than the process's fixed
-  cost: what the plan adds to its own fixed cost within 30 % + 48 MiB of what the command's
+  cost: what the plan adds to its own fixed cost within 20 % + 32 MiB of what the command's
   peak VmHWM adds to it (:data:`MODEL_SLACK`).
 
 ``--dry-run`` on every planned command prints the plan that ``plan`` prints, loading no
@@ -311,11 +311,13 @@ def test_a_dry_run_that_does_not_fit_exits_3(dry_world, capsys):
 # --- model stages --------------------------------------------------------------------------
 
 # The model stages' stated accuracy: what the plan adds to its process's fixed cost (the
-# weights, the pass's working memory) is within 30 % + 48 MiB of what the command measurably
+# weights, the pass's working memory) is within 20 % + 32 MiB of what the command measurably
 # adds to the same fixed cost (its peak VmHWM minus the plan's own fixed cost, measured in
-# the planning process after the command's imports).
-MODEL_SLACK = 0.30
-MODEL_MARGIN = 48 * MIB
+# the planning process after the command's imports). Measured on a 2-core AMD EPYC, one
+# torch thread (planned / measured, MiB): finetune LoRA +393 / +450, full +368 / +401,
+# fisher per-batch +322 / +370, eval +48 / +72, irr +82 / +84, safedelta +82 / +91.
+MODEL_SLACK = 0.20
+MODEL_MARGIN = 32 * MIB
 
 
 @pytest.fixture(scope="module")
