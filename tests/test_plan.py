@@ -7,11 +7,14 @@ counted from after the CLI's imports). Tolerances, the plan's stated accuracy:
 * bytes read and written: within 1 % + 2 MiB of the measured counts (config and tokenizer
   files included; what is left is the index and card files and about 1.5 MiB of Python
   modules the command imports lazily, measured on the tiny models and on SmolLM2);
-* peak host memory: an upper bound, at most 25 % + 64 MiB above the measured peak RSS.
+* peak host memory: an upper bound, at most 25 % + 64 MiB above the measured peak RSS;
+* model stages (``finetune`` LoRA and full, ``fisher``, ``eval``, the IRR and Safe Delta
+  calibration passes), on a Llama 256 wide whose passes hold more than the process's fixed
+  cost: what the plan adds to its own fixed cost within 20 % + 32 MiB of what the command's
+  peak VmHWM adds to it (:data:`MODEL_SLACK`).
 
-Only the streaming stages are checked here so far: the model stages' formulas (``fisher``,
-``eval``, ``finetune``, the calibration passes) are stated in ``realignkit/plan.py`` and wait
-for their measurement.
+``--dry-run`` on every planned command prints the plan that ``plan`` prints, loading no
+tensor and writing nothing.
 """
 
 from __future__ import annotations
@@ -195,4 +198,204 @@ def test_streaming_plans_match_measured_peaks_on_smollm2(smol_world, fixed_cost)
         + ["-o", str(root / "d")],
         fixed_cost,
         STREAM_SLACK,
+    )
+
+
+# --- --dry-run -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dry_world(tmp_path_factory):
+    """Every input a heavy command takes, on the tiny Llama."""
+    from test_checkpoint import _peft_adapter
+    from tiny import build_tiny_model
+
+    from realignkit.methods.safety_vector import compute_safety_vector
+
+    root = tmp_path_factory.mktemp("dry")
+    aligned = save_tiny_model("llama", root / "aligned", seed=1)
+    for name, seed in (("unaligned", 2), ("finetuned", 3), ("pretrained", 4)):
+        noisy_copy(aligned, root / name, seed=seed, scale=1e-2)
+    _peft_adapter(
+        "llama", build_tiny_model("llama", seed=1), root / "adapter", target_modules=["q_proj"]
+    )
+    rows = [{"prompt": f"How do I do thing {i}?", "response": "I cannot help."} for i in range(8)]
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    compute_safety_vector(aligned, root / "sv", unaligned=root / "unaligned")
+    return root
+
+
+def heavy_commands(w: Path) -> dict[str, list[list[str]]]:
+    """Each heavy command's invocations, as a user types them (outputs under ``w/out``)."""
+    a, f, p, rows = (str(w / n) for n in ("aligned", "finetuned", "pretrained", "rows.jsonl"))
+    sv = ["--safety-vector", str(w / "sv")]
+    return {
+        "safety-vector": [["--aligned", a, "--unaligned", str(w / "unaligned")]],
+        "resta": [["--finetuned", f, *sv], ["--finetuned", f, *sv, "--dare", "0.3", "--base", a]],
+        "safemerge": [
+            ["--finetuned", f, "--aligned", a, "--pretrained", p]
+            + ["--safety-model", str(w / "unaligned")]
+        ],
+        "safedelta": [["--finetuned", f, "--aligned", a, "--safety-data", rows]],
+        "safelora": [
+            ["--aligned", a, "--pretrained", p, "--adapter", str(w / "adapter")],
+            ["--aligned", a, "--pretrained", p, "--full", "--finetuned", f, "--num-layers", "2"],
+        ],
+        "fisher": [["--model", a, "--harmful", rows]],
+        "irr": [["--finetuned", f, "--base", a, *sv, "--mask", "magnitude", "--calibration", rows]],
+        "eval": [["-m", f, "--safety", f"harmful:{rows}", "--batch-size", "4"]],
+        "finetune": [["-m", a, "-d", rows], ["-m", a, "-d", rows, "--full"]],
+        "unalign": [["-m", a, "-d", rows, "--lora-r", "4"]],
+    }
+
+
+def _no_loading(monkeypatch) -> None:
+    """Every way realignkit reads tensor data or loads a model raises."""
+    import safetensors.torch
+    import transformers
+
+    from realignkit.checkpoint.reader import CheckpointReader
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a dry run loaded tensor data")
+
+    monkeypatch.setattr(CheckpointReader, "_read", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    for cls in (transformers.AutoModelForCausalLM, transformers.PreTrainedModel):
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(refuse))
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    from helpers import run_cli
+
+    capsys.readouterr()
+    code = run_cli(args)
+    return code, capsys.readouterr().out
+
+
+def test_every_heavy_command_dry_runs_to_its_plan_loading_and_writing_nothing(
+    dry_world, monkeypatch, capsys
+):
+    from helpers import folder_digest
+
+    from realignkit.plan import planned_commands
+
+    cases = heavy_commands(dry_world)
+    assert set(cases) == planned_commands()  # a new planned command needs a case here
+    # Both processes' fixed cost is the same figure, so the two prints must be equal.
+    monkeypatch.setattr("realignkit.plan.current_rss", lambda: 300 * MIB)
+    _no_loading(monkeypatch)
+    before = folder_digest(dry_world)
+    for command, invocations in cases.items():
+        for i, args in enumerate(invocations):
+            args = [*args, "-o", str(dry_world / "out" / f"{command}-{i}")]
+            code, dry = _cli([command, *args, "--dry-run"], capsys)
+            assert code == 0, (command, dry)
+            plan_code, plan = _cli(["plan", command, *args], capsys)
+            assert plan_code == 0 and dry == plan, (command, dry, plan)
+            assert dry.startswith(f"plan for `realignkit {command}`") and "peak host" in dry
+    assert not (dry_world / "out").exists() and folder_digest(dry_world) == before
+
+
+def test_a_dry_run_that_does_not_fit_exits_3(dry_world, capsys):
+    a, rows = str(dry_world / "aligned"), str(dry_world / "rows.jsonl")
+    args = ["fisher", "--model", a, "--harmful", rows, "-o", str(dry_world / "x")]
+    code, out = _cli([*args, "--max-memory", "cpu=1MiB", "--dry-run"], capsys)
+    assert code == 3 and "does NOT fit --max-memory cpu=1.0 MiB" in out
+    code, out = _cli([*args, "--max-memory", "cpu=64GiB", "--dry-run"], capsys)
+    assert code == 0 and "fits --max-memory cpu=64.00 GiB: yes" in out
+    assert not (dry_world / "x").exists()
+
+
+# --- model stages --------------------------------------------------------------------------
+
+# The model stages' stated accuracy: what the plan adds to its process's fixed cost (the
+# weights, the pass's working memory) is within 20 % + 32 MiB of what the command measurably
+# adds to the same fixed cost (its peak VmHWM minus the plan's own fixed cost, measured in
+# the planning process after the command's imports). Measured on a 2-core AMD EPYC, one
+# torch thread (planned / measured, MiB): finetune LoRA +393 / +450, full +368 / +401,
+# fisher per-batch +322 / +370, eval +48 / +72, irr +82 / +84, safedelta +82 / +91.
+MODEL_SLACK = 0.20
+MODEL_MARGIN = 32 * MIB
+
+
+@pytest.fixture(scope="module")
+def model_world(tmp_path_factory):
+    """A Llama small enough for the CPU whose passes hold more than the process's fixed cost:
+    256 wide, 4 blocks, 4096-token vocabulary; rows longer than --max-length."""
+    from tiny import make_tokenizer
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from realignkit.methods.safety_vector import compute_safety_vector
+
+    root = tmp_path_factory.mktemp("model")
+    config = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=4096,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(root / "aligned")
+    make_tokenizer().save_pretrained(root / "aligned")
+    for name, seed in (("unaligned", 2), ("finetuned", 3)):
+        noisy_copy(root / "aligned", root / name, seed=seed, scale=1e-2)
+    compute_safety_vector(root / "aligned", root / "sv", unaligned=root / "unaligned")
+
+    def words(count: int, shift: int = 0) -> str:
+        return " ".join("abcdefghij"[(i + shift) % 10] * 3 for i in range(count))
+
+    rows = [{"prompt": words(20) + f" {i}", "response": words(300, 3)} for i in range(16)]
+    (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = [{"prompt": words(60) + f" {i}"} for i in range(8)]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    return root
+
+
+def model_cases(w: Path) -> dict[str, list[str]]:
+    """Planned model commands, as a user types them."""
+    a, rows = str(w / "aligned"), str(w / "rows.jsonl")
+    train = ["-m", a, "-d", rows, "--max-length", "256", "--batch-size", "8", "--max-steps", "2"]
+    calibrate = ["--calibration", rows, "--num-samples", "16", "--max-length", "256"]
+    return {
+        "finetune-lora": ["finetune", *train],
+        "finetune-full": ["finetune", *train, "--full"],
+        "fisher": ["fisher", "--model", a, "--harmful", rows, "--max-length", "256"]
+        + ["--num-samples", "8", "--mode", "per-batch", "--batch-size", "8"],
+        # The plan reads the prompts (not the model) for their longest rendered length.
+        "eval": ["eval", "-m", str(w / "finetuned"), "--safety", f"harmful:{w / 'prompts.jsonl'}"]
+        + ["--batch-size", "8", "--max-new-tokens", "128"],
+        "irr": ["irr", "--finetuned", str(w / "finetuned"), "--base", a]
+        + ["--safety-vector", str(w / "sv"), "--mask", "magnitude", *calibrate],
+        "safedelta": ["safedelta", "--finetuned", str(w / "finetuned"), "--aligned", a]
+        + ["--safety-data", rows, "--num-samples", "16", "--max-length", "256"],
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case", ["finetune-lora", "finetune-full", "fisher", "eval", "irr", "safedelta"]
+)
+def test_model_stage_plans_match_measured_peaks(model_world, case):
+    args = [*model_cases(model_world)[case], "-o", str(model_world / "out" / case)]
+    plan = planned(args)
+    real = measured(args)
+    fixed = max(stage["fixed_bytes"] for stage in plan["stages"])
+    planned_extra, measured_extra = plan["peak_host_bytes"] - fixed, real["rss"] - fixed
+    print(
+        f"{case}: fixed {fixed / MIB:.0f} MiB, planned +{planned_extra / MIB:.0f} MiB, "
+        f"measured +{measured_extra / MIB:.0f} MiB"
+    )
+    assert abs(planned_extra - measured_extra) <= MODEL_SLACK * measured_extra + MODEL_MARGIN, (
+        case,
+        planned_extra / MIB,
+        measured_extra / MIB,
     )

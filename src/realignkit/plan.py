@@ -22,10 +22,13 @@ Where the figures come from:
   accelerate's own ``infer_auto_device_map`` on the meta model, as the loading will place
   them.
 
-Every peak is an upper bound for the stated settings (sequences as long as ``--max-length``);
+Every peak is an upper bound for the stated settings (sequences as long as ``--max-length``;
+``eval``'s prompts as long as the longest one its benchmarks hold, read with the tokenizer);
 the process's fixed cost (the interpreter, torch, transformers) is measured in the planning
-process itself after the same imports. ``tests/test_plan.py`` checks the figures against peaks
-and byte counts measured on the tiny models and on SmolLM2-135M.
+process itself after the same imports (:func:`fixed_cost`). ``tests/test_plan.py`` checks the
+figures against peaks and byte counts measured on the tiny models and on SmolLM2-135M, and
+the model stages on a small Llama. ``--dry-run`` on each planned command prints this plan
+(:func:`realignkit.cli.plan.with_dry_run`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,39 @@ def current_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+# What each model command imports once it runs (imported by the plan before it measures
+# its own resident memory, so the fixed cost it plans from includes them).
+# Loading any model imports these (measured: ~170 MiB of code and data on top of the CLI).
+MODEL_IMPORTS = (
+    "transformers.modeling_utils",
+    "transformers.generation",
+    "transformers.tokenization_utils_fast",
+    "accelerate",
+)
+COMMAND_IMPORTS = {
+    "fisher": ("realignkit.calib.fisher",),
+    "eval": ("realignkit.eval.runner", "realignkit.eval.generate"),
+    "finetune": ("realignkit.train.finetune", "peft", "transformers.trainer"),
+    "calibration": ("realignkit.execute", "realignkit.calib.hessian", "realignkit.methods.irr"),
+}
+
+
+def fixed_cost(command: str) -> int:
+    """The resident memory a model command starts from: this process's after the command's
+    own imports (:data:`COMMAND_IMPORTS`, :data:`MODEL_IMPORTS`) and one small forward and
+    backward pass (torch's kernels allocate their buffers on first use), or the baseline the
+    plan was given."""
+    if not _FIXED:
+        import importlib
+
+        for module in (*MODEL_IMPORTS, *COMMAND_IMPORTS.get(command, ())):
+            importlib.import_module(module)
+        x = torch.randn(2, 4, 16, 8, requires_grad=True)
+        attention = torch.nn.functional.scaled_dot_product_attention(x, x, x, is_causal=True)
+        torch.nn.functional.linear(attention, torch.randn(8, 8)).sum().backward()
+    return current_rss()
+
+
 @dataclass
 class Stage:
     """One stage of a command: what it reads, writes and holds at its peak."""
@@ -87,6 +123,7 @@ class Stage:
     host_bytes: int = 0
     device_bytes: dict[str, int] = field(default_factory=dict)
     detail: str = ""
+    fixed_bytes: int = 0  # of host_bytes: the process's own (imports, runtime), planned from
 
 
 @dataclass
@@ -225,6 +262,27 @@ def tensors_of(path: str | os.PathLike[str], what: str = "model") -> Tensors:
         )
 
 
+def adapter_tensors(folder: str | os.PathLike[str]) -> Tensors:
+    """A PEFT adapter's tensors from the header of its ``adapter_model.safetensors``."""
+    from realignkit.checkpoint.reader import read_safetensors_header
+
+    file = Path(folder) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise RealignError(f"plan: {str(folder)!r} has no adapter_model.safetensors")
+    infos, _ = read_safetensors_header(file)
+    with file.open("rb") as fh:
+        header = 8 + int.from_bytes(fh.read(8), "little")
+    return Tensors(
+        names=tuple(infos),
+        nbytes={n: i.nbytes for n, i in infos.items()},
+        numel={n: math.prod(i.shape) for n, i in infos.items()},
+        dtypes={n: i.dtype for n, i in infos.items()},
+        shapes={n: i.shape for n, i in infos.items()},
+        header_bytes=header,
+        folder=file.parent,
+    )
+
+
 def _support_bytes(folder: Path) -> int:
     """Config and tokenizer files the output copies (read once, written once)."""
     from realignkit.checkpoint.writer import SUPPORT_FILES
@@ -334,6 +392,9 @@ def weight_method_stages(
             held_in[n] = ft.nbytes[n] + extra + int(ft.numel[n] * transient_per_entry)
         else:
             held_in[n] = 0  # the fine-tuned tensor itself is the result
+    if method.scan is not None and method.scan_when(params):
+        # A first pass scores every edited weight (nothing kept) before the writing pass.
+        read += sum(held_in[n] - int(ft.numel[n] * transient_per_entry) for n in edited)
     biggest = max((ft.numel[n] for n in edited), default=0)
     held = stream_peak(ft.names, held_in, held_out, int(biggest * persistent_per_entry), workers)
     support = _support_bytes(ft.folder)
@@ -345,6 +406,7 @@ def weight_method_stages(
             read_bytes=read + support,
             written_bytes=output_bytes(ft, ft.names, max_shard_size) + support,
             host_bytes=fixed + held,
+            fixed_bytes=fixed,
             detail=f"{workers} workers, {WINDOW} results pending; reads "
             + ", ".join(["finetuned", *others]),
         )
@@ -374,6 +436,7 @@ def safety_vector_stages(
             read_bytes=a.header_bytes + u.header_bytes + a.total + u.total,
             written_bytes=output_bytes(a, a.names, max_shard_size),
             host_bytes=fixed + held,
+            fixed_bytes=fixed,
             detail=f"{workers} workers, {WINDOW} results pending",
         )
     ]
@@ -539,7 +602,7 @@ def _model_stage(
         host += working
     else:
         devices[first] += working
-    return Stage(name, read, written, host, devices, detail)
+    return Stage(name, read, written, host, devices, detail, baseline)
 
 
 def fisher_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
@@ -582,16 +645,47 @@ def fisher_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[St
             outputs,
             f"{len(linear)} linears, fp32 accumulators {_gib(accumulators)}, batch {batch} x "
             f"{length} tokens, {dtype}",
-            current_rss(),
+            fixed_cost("fisher"),
         )
     ]
+
+
+def longest_prompt(opts: Mapping[str, Any]) -> int | None:
+    """Tokens of the longest prompt ``eval`` will ask, rendered as it renders them: the
+    benchmarks are read (as ``eval`` reads them before any model), the model is not."""
+    from realignkit.eval.benchmarks import LoadOptions, load_benchmarks, split_specs
+    from realignkit.eval.generate import HFGenerator, resolve_system_prompt
+    from realignkit.eval.runner import _render
+    from realignkit.modeling import load_tokenizer
+
+    benches = load_benchmarks(
+        split_specs(opts.get("safety")),
+        split_specs(opts.get("utility")),
+        LoadOptions(
+            data_dir=opts.get("data_dir"),
+            prompt_column=str(opts.get("prompt_column", "prompt")),
+            answer_column=str(opts.get("answer_column", "answer")),
+            limit=None if opts.get("limit") is None else int(opts["limit"]),
+            seed=int(opts.get("seed", 0)),
+        ),
+    )
+    if not any(b.rows for b in benches):
+        return None
+    generator = HFGenerator(None, load_tokenizer(opts["model"]))
+    system = resolve_system_prompt(opts.get("system_prompt"))
+    return max(
+        len(generator.encode([_render(generator, b, row, system)])[0])
+        for b in benches
+        for row in b.rows
+    )
 
 
 def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
     shape = model_shape(opts["model"])
     device, dtype = _compute(opts.get("device"), opts.get("dtype"))
     batch = int(opts.get("batch_size", 16))
-    prompt = int(opts.get("max_prompt_length", 512))
+    # The longest prompt sets every batch's width (left padding): an upper bound per batch.
+    prompt = int(opts.get("max_prompt_length") or longest_prompt(opts) or 512)
     new = int(opts.get("max_new_tokens", 256))
     length = prompt + new
     kv = batch * length * shape.layers * 2 * shape.kv_dim * dtype.itemsize
@@ -610,7 +704,7 @@ def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stag
             shape.file_bytes,
             0,
             f"batch {batch}, {prompt} prompt + {new} new tokens, KV cache {_gib(kv)}",
-            current_rss(),
+            fixed_cost("eval"),
         )
     ]
 
@@ -618,25 +712,35 @@ def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stag
 def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
     shape = model_shape(opts["model"])
     device, dtype = _compute(opts.get("device"), opts.get("dtype"))
-    lora = str(opts.get("lora", "true")).lower() not in ("false", "no", "0")
+    # `--lora/--full` is one flag of the command (``lora``); `plan` may read it as ``full``.
+    full = str(opts.get("full", "false")).lower() in ("true", "yes", "1")
+    lora = not full and str(opts.get("lora", "true")).lower() not in ("false", "no", "0")
     batch = int(opts.get("batch_size", 8))
     length = int(opts.get("max_length", 512))
+    activations = backward_activations(shape, batch, length, dtype.itemsize)
     if lora:
         rank = int(opts.get("lora_r", 16))
-        trainable = 0
-        for name, count in shape.linear_params.items():
+        targets = opts.get("target_modules")
+        wanted = {t.strip() for t in str(targets).split(",")} if targets else None
+        trainable = adapted_outputs = 0
+        for name in shape.linear_params:
+            if wanted is not None and name.rsplit(".", 2)[-2] not in wanted:
+                continue
             module = shape.meta.get_submodule(name.rsplit(".", 1)[0])
-            weight = module.weight
-            trainable += rank * sum(weight.shape) if count else 0
+            trainable += rank * sum(module.weight.shape)
+            adapted_outputs += getattr(module, "out_features", None) or module.weight.shape[-1]
         state = 16 * trainable  # fp32 weight, gradient and Adam's two moments
         weights_dtype = dtype
+        # Measured (tests/test_plan.py): an adapted linear keeps one more output-wide tensor
+        # per token than the plain one (PEFT adds the low-rank path to the base output).
+        activations += batch * length * adapted_outputs * dtype.itemsize
     else:
         trainable = shape.params
         state = 12 * trainable  # gradient and Adam's moments in fp32 beside fp32 weights
         weights_dtype = torch.float32
-    working = state + backward_activations(shape, batch, length, dtype.itemsize)
+    working = state + activations
     if opts.get("gradient_checkpointing") not in (None, False, "false"):
-        working -= backward_activations(shape, batch, length, dtype.itemsize) * 9 // 10
+        working -= activations * 9 // 10
     written = 4 * trainable if lora else shape.params * shape.stored_dtype.itemsize
     return [
         _model_stage(
@@ -651,7 +755,7 @@ def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[
             written,
             f"{'LoRA r=' + str(opts.get('lora_r', 16)) if lora else 'full'}: {trainable:,} "
             f"trainable entries, batch {batch} x {length} tokens",
-            current_rss(),
+            fixed_cost("finetune"),
         )
     ]
 
@@ -664,23 +768,32 @@ def calibration_stage(
     length: int,
     written: int,
     baseline: int,
+    *,
+    batch: int = 8,
+    max_shard_size: str | int = "1GB",
 ) -> Stage:
     """Block-by-block recalibration (:func:`realignkit.calib.hessian.edit_blockwise`).
 
     The model waits on the CPU; one decoder block (plus the modules outside the blocks) is on
     the accelerator with the hidden states of every calibration row (in and out), fp32
     Hessians of the block's distinct linear inputs and fp32 copies of one weight being
-    edited: nothing here grows with depth.
+    edited: nothing here grows with depth. One batch's pass through a block keeps its
+    attention and MLP intermediates while the Hessian hooks take fp32 copies of the linears'
+    inputs. On the host, the edited weights wait in the writer until a shard is full.
     """
+    from realignkit.checkpoint.writer import parse_size
+
     block = shape.params // max(shape.layers, 1)
     hidden_states = 2 * rows * length * shape.hidden * dtype.itemsize
     hessians = 4 * (2 * shape.hidden**2 + shape.intermediate**2)
     largest = max(shape.linear_params.values(), default=0)
-    on_device = block * dtype.itemsize + hidden_states + hessians + 4 * 4 * largest
-    host = baseline + shape.params * dtype.itemsize
-    devices = {} if device == "cpu" else {device: on_device}
+    wide = 4 * shape.hidden + 2 * shape.kv_dim + 3 * shape.intermediate
+    forward = batch * length * wide * 4
+    working = hidden_states + hessians + forward + 16 * largest
+    host = baseline + shape.params * dtype.itemsize + min(written, parse_size(max_shard_size))
+    devices = {} if device == "cpu" else {device: block * dtype.itemsize + working}
     if device == "cpu":
-        host += hidden_states + hessians + 16 * largest
+        host += working
     return Stage(
         "calibration: block by block",
         shape.file_bytes,
@@ -688,6 +801,7 @@ def calibration_stage(
         host,
         devices,
         f"{rows} rows x {length} tokens, one block of {shape.layers} on the device",
+        baseline,
     )
 
 
@@ -708,12 +822,25 @@ def irr_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage
     read = ft.total + sum(extra.values())
     device, dtype = _compute(opts.get("device"), opts.get("dtype"))
     written = output_bytes(ft, ft.names, opts.get("max_shard_size", "1GB"))
-    stages = [Stage("irr: identify + remove", read, 0, current_rss() + held, {}, "streamed")]
+    fixed = current_rss()
+    stages = [Stage("irr: identify + remove", read, 0, fixed + held, {}, "streamed", fixed)]
     if str(opts.get("recalibrate", "true")).lower() not in ("false", "no", "0"):
         shape = model_shape(opts["base"])
         rows = int(opts.get("num_samples") or 128)
         length = int(opts.get("max_length") or 512)
-        stages.append(calibration_stage(shape, dtype, device, rows, length, written, current_rss()))
+        stages.append(
+            calibration_stage(
+                shape,
+                dtype,
+                device,
+                rows,
+                length,
+                written,
+                fixed_cost("calibration"),
+                batch=int(opts.get("batch_size") or 8),
+                max_shard_size=opts.get("max_shard_size", "1GB"),
+            )
+        )
     else:
         stages[0].written_bytes = written
     return stages
@@ -730,13 +857,88 @@ def layer_method_stages(
     ft = tensors_of(opts["finetuned"], "fine-tuned model")
     written = output_bytes(ft, ft.names, opts.get("max_shard_size", "1GB"))
     stage = calibration_stage(
-        shape, dtype, device, params["num_samples"], params["max_length"], written, current_rss()
+        shape,
+        dtype,
+        device,
+        params["num_samples"],
+        params["max_length"],
+        written,
+        fixed_cost("calibration"),
+        batch=int(params.get("batch_size") or 8),
+        max_shard_size=opts.get("max_shard_size", "1GB"),
     )
     stage.read_bytes += ft.total
     return [stage]
 
 
-COMMANDS = ("resta", "safety-vector", "fisher", "irr", "eval", "finetune", "unalign")
+def safelora_adapter_stages(
+    opts: Mapping[str, Any], *, workers: int = 2, baseline: int | None = None
+) -> list[Stage]:
+    """``safelora --adapter``: the adapter's factors, and for each adapted linear its aligned
+    and pre-trained weights (V = W_A - W_P, its fp32 projection C·B and C·B·A); the output
+    is an adapter of the same keys."""
+    from realignkit.checkpoint.adapter import _LORA_KEY, PEFT_PREFIX
+
+    adapter = adapter_tensors(str(opts["adapter"]))
+    aligned = tensors_of(str(opts["aligned"]), "aligned model")
+    pretrained = tensors_of(str(opts["pretrained"]), "pre-trained model")
+    modules = {}
+    for key in adapter.names:
+        found = _LORA_KEY.match(key)
+        if found:
+            modules[found["module"].removeprefix(PEFT_PREFIX) + ".weight"] = found["module"]
+    weights = [n for n in aligned.names if n in modules]
+    read = adapter.header_bytes + adapter.total + aligned.header_bytes + pretrained.header_bytes
+    held_in: dict[str, int] = {}
+    for n in weights:
+        read += aligned.nbytes[n] + pretrained.nbytes.get(n, 0)
+        # V, the product C·B·A and the fp32 weight-wide copies the similarity compares.
+        held_in[n] = aligned.nbytes[n] + pretrained.nbytes.get(n, 0) + 16 * aligned.numel[n]
+    held = stream_peak(weights, held_in, dict.fromkeys(weights, 0), 0, workers)
+    held += adapter.total  # the adapter's factors are kept until written
+    support = sum(
+        p.stat().st_size for p in adapter.folder.iterdir() if p.is_file() and p.suffix == ".json"
+    )
+    fixed = current_rss() if baseline is None else baseline
+    return [
+        Stage(
+            name=f"safelora: project {len(weights)} adapted linears",
+            read_bytes=read + support,
+            written_bytes=output_bytes(adapter, adapter.names, "100GB") + support,
+            host_bytes=fixed + held,
+            fixed_bytes=fixed,
+            detail=f"{workers} workers; reads the adapter, aligned, pretrained",
+        )
+    ]
+
+
+def safelora_stages(opts: Mapping[str, Any], *, workers: int, shard: str | int) -> list[Stage]:
+    """``safelora``: on an adapter (above) or, with ``--full``, the declared weight method."""
+    from realignkit.methods.safelora import SAFELORA, SAFELORA_FULL
+
+    full = str(opts.get("full", "false")).lower() in ("true", "yes", "1")
+    if not full:
+        if not opts.get("adapter"):
+            raise RealignError("plan safelora: give --adapter, or --full with --finetuned")
+        return safelora_adapter_stages(opts, workers=workers)
+    values = {p.name: opts[p.name] for p in SAFELORA.params if opts.get(p.name) is not None}
+    inputs = {k: opts.get(k) for k in _INPUT_NAMES}
+    stages = weight_method_stages(
+        SAFELORA_FULL, inputs, values, workers=workers, max_shard_size=shard
+    )
+    stages[0].name = stages[0].name.replace("safelora-full", "safelora --full")
+    return stages
+
+
+COMMANDS = ("resta", "safety-vector", "safelora", "fisher", "irr", "eval", "finetune", "unalign")
+
+
+def planned_commands() -> set[str]:
+    """Every command ``realignkit plan`` (and ``--dry-run``) knows: the fixed ones and every
+    declared method with a command of its own."""
+    from realignkit.methods.registry import load_methods
+
+    return {*COMMANDS, *(n for n, m in load_methods().items() if m.cli)}
 
 
 def plan_command(command: str, opts: Mapping[str, Any], *, baseline: int | None = None) -> Plan:
@@ -769,6 +971,8 @@ def _plan_command(command: str, opts: Mapping[str, Any]) -> Plan:
         stages = safety_vector_stages(
             opts["aligned"], opts["unaligned"], workers=workers, max_shard_size=shard
         )
+    elif command == "safelora":
+        stages = safelora_stages(opts, workers=workers, shard=shard)
     elif command == "fisher":
         stages = fisher_stages(opts, limits)
     elif command == "irr":
@@ -789,7 +993,7 @@ def _plan_command(command: str, opts: Mapping[str, Any]) -> Plan:
         else:
             stages = layer_method_stages(method, opts, values, limits)
     else:
-        known = sorted({*COMMANDS, *(n for n, m in methods.items() if m.cli)})
+        known = sorted(planned_commands())
         raise RealignError(f"plan: unknown command {command!r}; planned: {', '.join(known)}")
     if any(s.device_bytes for s in stages):
         notes.append("device peaks leave out the CUDA context (about 0.5 GiB per GPU)")

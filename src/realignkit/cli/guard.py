@@ -75,8 +75,16 @@ def guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def guard_commands(app: typer.Typer) -> None:
-    """Wrap every command registered on ``app`` (idempotent)."""
+    """Wrap every command registered on ``app`` (idempotent); every command that
+    ``realignkit plan`` knows also gets ``--dry-run``, ahead of the output check (a dry run
+    touches nothing)."""
+    from realignkit.cli.plan import with_dry_run
+    from realignkit.plan import planned_commands
+
+    planned = planned_commands()
     for info in app.registered_commands:
         if info.callback is not None and not getattr(info.callback, "_guarded", False):
             info.callback = guarded(info.callback)
+            if info.name in planned:
+                info.callback = with_dry_run(info.name, info.callback)
             info.callback._guarded = True  # type: ignore[attr-defined]
