@@ -3,10 +3,11 @@
 Every rendered prompt of an evaluation starts with the same tokens (the chat template's system
 block, SmolLM2's default system prompt among them, and the user-turn header): often close to
 half of a prompt. The model runs that prefix once for a batch of one, the cache is repeated
-to the batch, and only each row's rest goes through the model, as
-``[prefix][padding][rest]`` with an attention mask of 1/0/1. Position ids are the cumulative
-sum of the mask (what ``generate`` derives, and what a loss pass passes), so every real token
-keeps the position it has in the plain left-padded batch and the outputs are the plain path's.
+to the batch, and only each row's rest goes through the model. Generation passes
+``[prefix][padding][rest]`` with an attention mask of 1/0/1, whose cumulative sum (the position
+ids ``generate`` derives) continues after the prefix; a right-padded loss pass gives the rest
+the positions after the prefix. Every real token keeps the position it has in the plain
+padded batch, so the outputs are the plain path's.
 
 Sharing is only taken where that holds: a decoder-only model whose forward takes position ids
 and a cache, with the default dynamic cache (no ``cache_implementation``), no sliding window or
