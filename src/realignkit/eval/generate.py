@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from realignkit.chat import Encoded, has_chat_template, pad_batch, render_prompt, token_ids
 from realignkit.errors import RealignError
 from realignkit.eval.cache import JsonlCache, fingerprint, make_key
+from realignkit.eval.prefix import cache_argument, run_shared_prefix, with_prefix
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +117,21 @@ class Generator(ABC):
 
 
 class HFGenerator(Generator):
-    """Left-padded batches through ``model.generate``; halves a batch that runs out of memory."""
+    """Left-padded batches through ``model.generate``; halves a batch that runs out of memory.
+
+    A batch's common prompt prefix (system block, user-turn header) is run once and its cache
+    shared by every row (:mod:`realignkit.eval.prefix`), where the model allows it.
+    """
 
     backend = "hf"
 
-    def __init__(self, model: Any, tokenizer: Any, model_fingerprint: str = "") -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, model_fingerprint: str = "", *, share_prefix: bool = True
+    ) -> None:
         super().__init__(tokenizer, model_fingerprint)
         self.model = model
+        # the outputs are the same either way, so it is no part of generate_cached's key
+        self.share_prefix = share_prefix
 
     @property
     def device(self) -> torch.device:
@@ -145,15 +154,27 @@ class HFGenerator(Generator):
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self._eos_ids()[0] if self._eos_ids() else 0
-        padded = pad_batch([Encoded(ids, len(ids)) for ids in batch], pad_id, left=True)
-        input_ids, attention = padded["input_ids"], padded["attention_mask"]
-        width = input_ids.shape[1]
         kwargs: dict[str, Any] = dict(
             max_new_tokens=settings.max_new_tokens,
             pad_token_id=pad_id,
             eos_token_id=self._eos_ids() or None,
             num_return_sequences=settings.num_samples,
         )
+        shared, cache = 0, None
+        if self.share_prefix:
+            total = max(len(ids) for ids in batch) + settings.max_new_tokens
+            shared, cache = run_shared_prefix(
+                self.model, batch, copies=settings.num_samples, total_length=total
+            )
+        rest = [Encoded(ids[shared:], len(ids) - shared) for ids in batch]
+        padded = pad_batch(rest, pad_id, left=True)
+        input_ids, attention = padded["input_ids"], padded["attention_mask"]
+        if cache is not None:
+            # [prefix][padding][rest], mask 1/0/1: generate's position ids (the mask's cumsum)
+            # continue after the prefix, as in the plain left-padded batch
+            input_ids, attention = with_prefix(batch[0][:shared], input_ids, attention)
+            kwargs[cache_argument(self.model)] = cache
+        width = input_ids.shape[1]
         if settings.greedy:
             kwargs.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None)
         else:

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from realignkit.chat import Encoded, pad_batch
+
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
@@ -65,6 +67,66 @@ def short_name(spec: str) -> str:
     return Path(source).stem if sep and kind in ("harmful", "benign", "qa", "gsm8k") else spec
 
 
+def response_losses(
+    lm: Any,
+    encoded: list[Encoded],
+    pad_id: int,
+    *,
+    batch_size: int = 8,
+    share_prefix: bool = True,
+) -> list[tuple[float, int]]:
+    """The summed NLL (nats) of each row's response tokens and their number.
+
+    Rows are right-padded, so every token keeps its natural position. With ``share_prefix``
+    a batch's common start (system block, user-turn header; never a response token's
+    predecessor) is run once and its cache shared by every row (:mod:`realignkit.eval.prefix`);
+    the losses are the plain pass's.
+    """
+    from realignkit.eval.prefix import cache_argument, run_shared_prefix, with_prefix
+    from realignkit.modeling import input_device
+
+    device = input_device(lm)
+    out: list[tuple[float, int]] = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(encoded), batch_size), desc="gsm8k nll", leave=False):
+            rows = encoded[start : start + batch_size]
+            shared, cache = 0, None
+            if share_prefix:
+                ids = [r.ids for r in rows]
+                shared, cache = run_shared_prefix(
+                    lm,
+                    ids,
+                    total_length=max(len(i) for i in ids),
+                    # the logits of the token before each response come from the batched pass
+                    limit=min(r.response_start for r in rows) - 1,
+                )
+            rest = [Encoded(r.ids[shared:], r.response_start - shared) for r in rows]
+            batch = pad_batch(rest, pad_id)
+            inputs: dict[str, Any] = {}
+            attention = batch["attention_mask"]
+            if cache is not None:
+                _, attention = with_prefix(rows[0].ids[:shared], batch["input_ids"], attention)
+                width = batch["input_ids"].shape[1]
+                positions = torch.arange(shared, shared + width).expand(len(rows), -1)
+                inputs = {cache_argument(lm): cache, "position_ids": positions.to(device)}
+            logits = (
+                lm(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=attention.to(device),
+                    **inputs,
+                )
+                .logits[:, :-1]
+                .float()
+            )
+            labels = batch["labels"][:, 1:].to(device)
+            loss = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
+            )
+            counts = (labels != -100).sum(dim=1)
+            out.extend(zip(loss.sum(dim=1).tolist(), counts.tolist(), strict=True))
+    return out
+
+
 def gsm8k_nll(
     model: PathLike,
     adapter: PathLike | None,
@@ -78,40 +140,20 @@ def gsm8k_nll(
     Each problem is weighted equally (its solution's token-mean loss), so long solutions do
     not dominate; ``token_mean_nll`` weights every token equally instead.
     """
-    from realignkit.calib.text import encode_chat, pad_batch, pad_id_of
+    from realignkit.calib.text import encode_chat, pad_id_of
     from realignkit.modeling import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(model, adapter=adapter, padding_side="right")
     lm = load_causal_lm(model, adapter=adapter, merge_adapter=adapter is not None)
-    device = next(lm.parameters()).device
     encoded = [
         encode_chat(tokenizer, r["prompt"], r["response"], max_length=max_length) for r in rows
     ]
-    per_problem: list[float] = []  # kept in the report: paired bootstrap of NLL differences
-    total_loss = total_tokens = 0.0
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(encoded), batch_size), desc="gsm8k nll", leave=False):
-            batch = pad_batch(encoded[start : start + batch_size], pad_id_of(tokenizer))
-            logits = (
-                lm(
-                    input_ids=batch["input_ids"].to(device),
-                    attention_mask=batch["attention_mask"].to(device),
-                )
-                .logits[:, :-1]
-                .float()
-            )
-            labels = batch["labels"][:, 1:].to(device)
-            loss = torch.nn.functional.cross_entropy(
-                logits.transpose(1, 2), labels, ignore_index=-100, reduction="none"
-            )
-            counts = (labels != -100).sum(dim=1)
-            sums = loss.sum(dim=1)
-            for s, c in zip(sums.tolist(), counts.tolist(), strict=True):
-                if c:
-                    per_problem.append(s / c)
-                    total_loss += s
-                    total_tokens += c
+    losses = response_losses(lm, encoded, pad_id_of(tokenizer), batch_size=batch_size)
     del lm
+    # kept in the report: paired bootstrap of NLL differences
+    per_problem = [s / c for s, c in losses if c]
+    total_loss = sum(s for s, c in losses if c)
+    total_tokens = sum(c for _, c in losses)
     mean = sum(per_problem) / len(per_problem) if per_problem else math.nan
     return {
         "kind": "nll",
