@@ -234,12 +234,14 @@ def main() -> None:
     t, rss = timed(
         rk + ["safety-vector", "--aligned", str(A), "--unaligned", str(U), "-o", str(SV)], [A, U]
     )
-    out_bytes = int(size_gb * 1e9)
-    write_floor = write_seconds(out_bytes, work)
-    rows.append(("realignkit safety-vector", t, rss, read_sv, write_floor))
     run_mergekit = venv is not None and (venv / "bin" / "mergekit-yaml").exists()
     if not run_mergekit:
         shutil.rmtree(U)  # only mergekit reads it again: its disk goes to the outputs
+    # the write floor's file is one more checkpoint on disk while it is measured: after the
+    # unaligned model went (a 7B run stopped for disk with four checkpoints and that file)
+    out_bytes = int(size_gb * 1e9)
+    write_floor = write_seconds(out_bytes, work)
+    rows.append(("realignkit safety-vector", t, rss, read_sv, write_floor))
     read_resta = cold_read_seconds([F, SV])
     t_resta, rss = timed(
         rk
