@@ -19,6 +19,7 @@ def demo_out(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_fast_world_shows_the_degradation(demo_out):
     rows = json.loads((demo_out / "results.json").read_text())
     by_model = {r["model"]: r for r in rows}
@@ -34,6 +35,7 @@ def test_fast_world_shows_the_degradation(demo_out):
         assert stats["final_loss"] < 0.7 * stats["first_loss"]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_checkpoint_result_and_plot(demo_out):
     rows = json.loads((demo_out / "results.json").read_text())
     methods = set(load_all())
@@ -54,6 +56,7 @@ def test_pipeline_writes_every_checkpoint_result_and_plot(demo_out):
         assert (demo_out / "seed-0" / "data" / f"{name}.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_rerun_reuses_stages_and_other_settings_are_refused(demo_out, capsys):
     before = (demo_out / "seed-0" / "checkpoints" / "aligned" / "model.safetensors").stat()
     main(
@@ -99,6 +102,7 @@ def test_seeds_aggregate_to_mean_and_sd():
     assert "40.0 ± 20.0" in results_table([merged])
 
 
+@pytest.mark.slow
 def test_demo_sweep_config_runs_on_the_world(demo_out):
     """`demo --sweep` hands the world to `realignkit sweep`: its config is valid and runs."""
     from realignkit.demo.pipeline import get_size, sweep_config
