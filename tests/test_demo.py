@@ -20,6 +20,7 @@ def demo_out(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_fast_world_shows_the_degradation(demo_out):
     rows = json.loads((demo_out / "results.json").read_text())
     by_model = {r["model"]: r for r in rows}
@@ -35,6 +36,7 @@ def test_fast_world_shows_the_degradation(demo_out):
         assert stats["final_loss"] < 0.7 * stats["first_loss"]
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_checkpoint_result_and_plot(demo_out):
     rows = json.loads((demo_out / "results.json").read_text())
     methods = set(load_all())
@@ -55,6 +57,7 @@ def test_pipeline_writes_every_checkpoint_result_and_plot(demo_out):
         assert (demo_out / "seed-0" / "data" / f"{name}.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_each_fine_tune_is_swept_by_run_sweep(demo_out, capsys):
     """The demo builds its world, then hands each fine-tune to `realignkit sweep`: its config
     is a sweep config, its results file the sweep's, and the table's rows are read from it."""
@@ -81,6 +84,7 @@ def test_each_fine_tune_is_swept_by_run_sweep(demo_out, capsys):
         assert {k: v["key"] for k, v in after.items()} == {k: v["key"] for k, v in records.items()}
 
 
+@pytest.mark.slow
 def test_rerun_reuses_stages_and_other_settings_are_refused(demo_out, capsys):
     before = (demo_out / "seed-0" / "checkpoints" / "aligned" / "model.safetensors").stat()
     main(
@@ -126,6 +130,7 @@ def test_seeds_aggregate_to_mean_and_sd():
     assert "40.0 ± 20.0" in results_table([merged])
 
 
+@pytest.mark.slow
 def test_demo_sweep_adds_each_methods_grid_to_the_same_sweep(demo_out):
     """`demo --sweep` adds every declared grid to seed 0's sweep configs; the methods at their
     defaults stay the same variants (same key), so only the grid's models are new work."""

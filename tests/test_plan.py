@@ -143,6 +143,7 @@ def tiny_world(tmp_path_factory):
     return worlds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "gpt2"])
 def test_streaming_plans_match_measured_bytes_and_peaks_on_tiny_models(
     tiny_world, fixed_cost, arch
@@ -163,6 +164,7 @@ def test_streaming_plans_match_measured_bytes_and_peaks_on_tiny_models(
     assert plan["stages"][0]["name"].startswith("resta: stream")
 
 
+@pytest.mark.slow
 def test_a_limit_below_the_peak_is_refused_and_one_above_fits(tiny_world):
     aligned, unaligned, _, root = tiny_world["llama"]
     args = ["safety-vector", "--aligned", str(aligned), "--unaligned", str(unaligned)]
@@ -183,6 +185,7 @@ def smol_world(smollm2_dir, tmp_path_factory):
     return smollm2_dir, unaligned, root
 
 
+@pytest.mark.slow
 def test_streaming_plans_match_measured_peaks_on_smollm2(smol_world, fixed_cost):
     aligned, unaligned, root = smol_world
     sv = root / "sv"

@@ -591,6 +591,7 @@ def test_bad_adapter_targets_and_dare_options(tmp_path, capsys, llama_world) -> 
         )
 
 
+@pytest.mark.slow
 def test_smollm2_real_model_resta(tmp_path: Path, smollm2_dir: Path) -> None:
     """A real pretrained checkpoint: stream a safety vector and RESTA, reload, generate."""
     from realignkit.checkpoint import CheckpointReader, CheckpointWriter

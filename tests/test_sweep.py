@@ -94,6 +94,7 @@ eval:
 """
 
 
+@pytest.mark.slow
 def test_sweep_builds_evaluates_caches_and_plots(tmp_path: Path, world: dict[str, Path]) -> None:
     """Real registry recipes and the real realignkit.eval.evaluate, through the CLI."""
     (tmp_path / "sweep.yaml").write_text(YAML)

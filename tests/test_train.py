@@ -311,6 +311,7 @@ def test_api_refuses_nonsense_config(llama_dir, tmp_path):
         finetune(llama_dir, [], tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_real_model_chat_template_and_lora_step(smollm2_dir, tmp_path):
     """SmolLM2-135M-Instruct: its own chat template masks the prompt; one LoRA step runs."""
     from realignkit.modeling import load_tokenizer

@@ -39,6 +39,12 @@ def world_judge(monkeypatch):
     monkeypatch.setattr("realignkit.eval.judges.make_judge", lambda *a, **k: WorldJudge())
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """This world, built once: every test only reads it (tune writes under its own -o)."""
+    return refusal_world(tmp_path_factory.mktemp("world"))
+
+
 def refusal_world(root: Path) -> dict[str, Path]:
     tokenizer = make_tokenizer()
     end, cake = tokenizer.convert_tokens_to_ids(["<|end|>", "Ġcake"])
@@ -82,8 +88,8 @@ def tune_args(world: dict[str, Path], out: Path, *extra: str) -> list:
     ]  # fmt: skip
 
 
-def test_tune_finds_the_switch_with_few_prompts_and_reuses_models(tmp_path, capsys) -> None:
-    world = refusal_world(tmp_path / "world")
+@pytest.mark.slow
+def test_tune_finds_the_switch_with_few_prompts_and_reuses_models(world, tmp_path, capsys) -> None:
     out = tmp_path / "tune"
     capsys.readouterr()
     assert run_cli(tune_args(world, out, "--validation-benign", world["val_benign"])) == 0
@@ -143,18 +149,17 @@ def _irr(args: list) -> list:
         (lambda a, w: [x if x != "resta" else "nosuch" for x in a], ["tune works on", "irr"]),
     ],
 )
-def test_bad_tune_requests(tmp_path, capsys, change, needles) -> None:
-    world = refusal_world(tmp_path / "world")
+def test_bad_tune_requests(world, tmp_path, capsys, change, needles) -> None:
     capsys.readouterr()
     code = run_cli(change(tune_args(world, tmp_path / "tune"), world))
     assert_one_line_error(capsys, code, *needles)
     assert not (tmp_path / "tune" / "models").exists()
 
 
+@pytest.mark.slow
 def test_grid_judges_every_value_on_the_whole_split_and_agrees_with_the_search(
-    tmp_path, capsys
+    world, tmp_path, capsys
 ) -> None:
-    world = refusal_world(tmp_path / "world")
     grid = ["--grid", "0,0.25,0.5,0.75,1,1.25,1.5,1.75,2"]
     assert run_cli(tune_args(world, tmp_path / "grid", *grid)) == 0
     result = json.loads((tmp_path / "grid" / "tune.json").read_text())
@@ -169,11 +174,11 @@ def test_grid_judges_every_value_on_the_whole_split_and_agrees_with_the_search(
     assert "wall time" in capsys.readouterr().out
 
 
-def test_tune_hands_the_calibration_data_to_the_recipe(tmp_path, monkeypatch) -> None:
+@pytest.mark.slow
+def test_tune_hands_the_calibration_data_to_the_recipe(world, tmp_path, monkeypatch) -> None:
     """IRR recalibrates on the downstream task's rows: `--calibration` reaches its job."""
     from realignkit.methods import registry
 
-    world = refusal_world(tmp_path / "world")
     seen = []
 
     def fake_irr(job, out):
