@@ -62,9 +62,9 @@ def plan_cmd(
     command: Annotated[
         str,
         typer.Argument(
-            help="The command to plan: resta (or another declared method: safedelta, "
-            "safemerge), safety-vector, safelora, fisher, irr, eval, finetune, unalign; then "
-            "its options as you would give them (or give that command --dry-run)."
+            help="The command to plan: any declared method's command (resta, irr, safelora, "
+            "...), safety-vector, fisher, eval, finetune, unalign; then its options as you "
+            "would give them (or give that command --dry-run)."
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
