@@ -443,9 +443,12 @@ CASES = [
     Case("resta/sigkill", RESTA, -9, "", kill=signal.SIGKILL),
 ]
 
-# Runs the CLI in a child whose writer is slowed down, so a signal lands mid-write.
+# Runs the CLI in a child whose writer is slowed down, so a signal lands mid-write. Ctrl-C is
+# restored first: a suite started as a background job of a non-interactive shell (`cmd &`)
+# inherits SIGINT ignored, and an ignored SIGINT would let the child finish (exit 0).
 SLOW_WRITER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from realignkit.checkpoint import writer
 add = writer.CheckpointWriter.add
 def slow_add(self, name, tensor):
