@@ -292,19 +292,12 @@ def _support_bytes(folder: Path) -> int:
 
 def output_bytes(tensors: Tensors, names: Sequence[str], max_shard_size: str | int) -> int:
     """Bytes of the output shards the writer lays out for ``names`` (headers included)."""
-    from realignkit.checkpoint.writer import TensorSpec, _shard_header, parse_size
+    from realignkit.checkpoint.writer import TensorSpec, parse_size, shard_header, split_shards
 
-    limit = parse_size(max_shard_size)
     specs = [TensorSpec(n, tensors.shapes[n], tensors.dtypes[n]) for n in names]
-    shards: list[list[TensorSpec]] = [[]]
-    size = 0
-    for spec in specs:
-        if shards[-1] and size + spec.nbytes > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(spec)
-        size += spec.nbytes
-    total = sum(len(_shard_header(shard)) + sum(s.nbytes for s in shard) for shard in shards)
+    # no tensor at all is still one (empty) file
+    shards = split_shards(specs, parse_size(max_shard_size)) or [[]]
+    total = sum(len(shard_header(shard)) + sum(s.nbytes for s in shard) for shard in shards)
     return total + (200 + 80 * len(specs) if len(shards) > 1 else 0)  # the index
 
 
@@ -577,37 +570,49 @@ def _compute(device: str | None, dtype: str | None) -> tuple[str, torch.dtype]:
     return name, chosen
 
 
-def _model_stage(
-    name: str,
-    shape: ModelShape,
-    dtype: torch.dtype,
-    device: str,
-    device_map: str | None,
-    limits: Mapping[str, int],
-    working: int,
-    read: int,
-    written: int,
-    detail: str,
-    baseline: int,
-) -> Stage:
-    """The model placed, plus ``working`` bytes on the device its inputs start on."""
-    placed = place(shape, dtype, device, device_map, limits)
-    host = baseline + placed.get("cpu", 0)
-    # A checkpoint loaded into another dtype keeps the file's pages mapped while converting.
-    if dtype != shape.stored_dtype and "cpu" in placed:
-        host += shape.file_bytes * placed["cpu"] // max(sum(placed.values()), 1)
-    devices = {d: b for d, b in placed.items() if d not in ("cpu", "disk")}
-    first = next(iter(devices), "cpu")
-    if first == "cpu":
-        host += working
-    else:
-        devices[first] += working
-    return Stage(name, read, written, host, devices, detail, baseline)
+@dataclass(frozen=True)
+class ModelRun:
+    """A command that loads a model to run it: the model, its compute dtype and device, the
+    device map that places it, and the limits the plan is checked against."""
+
+    command: str  # its fixed cost: :func:`fixed_cost`
+    shape: ModelShape
+    dtype: torch.dtype
+    device: str
+    device_map: str | None
+    limits: Mapping[str, int]
+
+    def stage(
+        self, name: str, working: int, written: int, detail: str, dtype: torch.dtype | None = None
+    ) -> Stage:
+        """The model read once and placed (in ``dtype``, default the compute dtype), plus
+        ``working`` bytes on the device its inputs start on."""
+        baseline = fixed_cost(self.command)
+        shape, dtype = self.shape, self.dtype if dtype is None else dtype
+        placed = place(shape, dtype, self.device, self.device_map, self.limits)
+        host = baseline + placed.get("cpu", 0)
+        # A checkpoint loaded into another dtype keeps the file's pages mapped while converting.
+        if dtype != shape.stored_dtype and "cpu" in placed:
+            host += shape.file_bytes * placed["cpu"] // max(sum(placed.values()), 1)
+        devices = {d: b for d, b in placed.items() if d not in ("cpu", "disk")}
+        first = next(iter(devices), "cpu")
+        if first == "cpu":
+            host += working
+        else:
+            devices[first] += working
+        return Stage(name, shape.file_bytes, written, host, devices, detail, baseline)
+
+
+def model_run(command: str, opts: Mapping[str, Any], limits: Mapping[str, int]) -> ModelRun:
+    """The model of ``opts["model"]`` run as ``--device``, ``--dtype`` and ``--device-map`` say."""
+    shape = model_shape(opts["model"])
+    device, dtype = _compute(opts.get("device"), opts.get("dtype"))
+    return ModelRun(command, shape, dtype, device, opts.get("device_map"), limits)
 
 
 def fisher_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
-    shape = model_shape(opts["model"])
-    device, dtype = _compute(opts.get("device"), opts.get("dtype"))
+    run = model_run("fisher", opts, limits)
+    shape, dtype = run.shape, run.dtype
     modules = opts.get("modules")
     wanted = [m.strip() for m in str(modules).split(",")] if modules else None
     linear = {
@@ -632,22 +637,11 @@ def fisher_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[St
         + backward_activations(shape, batch, length, dtype.itemsize)
     )
     outputs = 4 * sum(linear.values())
-    return [
-        _model_stage(
-            f"fisher ({mode}): forward + backward",
-            shape,
-            dtype,
-            device,
-            opts.get("device_map"),
-            limits,
-            working,
-            shape.file_bytes,
-            outputs,
-            f"{len(linear)} linears, fp32 accumulators {_gib(accumulators)}, batch {batch} x "
-            f"{length} tokens, {dtype}",
-            fixed_cost("fisher"),
-        )
-    ]
+    detail = (
+        f"{len(linear)} linears, fp32 accumulators {_gib(accumulators)}, batch {batch} x "
+        f"{length} tokens, {dtype}"
+    )
+    return [run.stage(f"fisher ({mode}): forward + backward", working, outputs, detail)]
 
 
 def longest_prompt(opts: Mapping[str, Any]) -> int | None:
@@ -655,7 +649,7 @@ def longest_prompt(opts: Mapping[str, Any]) -> int | None:
     benchmarks are read (as ``eval`` reads them before any model), the model is not."""
     from realignkit.eval.benchmarks import LoadOptions, load_benchmarks, split_specs
     from realignkit.eval.generate import HFGenerator, resolve_system_prompt
-    from realignkit.eval.runner import _render
+    from realignkit.eval.runner import benchmark_prompt
     from realignkit.modeling import load_tokenizer
 
     benches = load_benchmarks(
@@ -674,15 +668,15 @@ def longest_prompt(opts: Mapping[str, Any]) -> int | None:
     generator = HFGenerator(None, load_tokenizer(opts["model"]))
     system = resolve_system_prompt(opts.get("system_prompt"))
     return max(
-        len(generator.encode([_render(generator, b, row, system)])[0])
+        len(generator.encode([benchmark_prompt(generator, b, row, system)])[0])
         for b in benches
         for row in b.rows
     )
 
 
 def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
-    shape = model_shape(opts["model"])
-    device, dtype = _compute(opts.get("device"), opts.get("dtype"))
+    run = model_run("eval", opts, limits)
+    shape, dtype = run.shape, run.dtype
     batch = int(opts.get("batch_size", 16))
     # The longest prompt sets every batch's width (left padding): an upper bound per batch.
     prompt = int(opts.get("max_prompt_length") or longest_prompt(opts) or 512)
@@ -692,26 +686,13 @@ def eval_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stag
     # The prefill: one block's activations at a time, and fp32 logits of the last token.
     prefill = batch * prompt * (4 * shape.hidden + 2 * shape.intermediate) * dtype.itemsize
     working = kv + prefill + batch * shape.vocab * 4 * 2
-    return [
-        _model_stage(
-            "eval (hf): generation",
-            shape,
-            dtype,
-            device,
-            opts.get("device_map"),
-            limits,
-            working,
-            shape.file_bytes,
-            0,
-            f"batch {batch}, {prompt} prompt + {new} new tokens, KV cache {_gib(kv)}",
-            fixed_cost("eval"),
-        )
-    ]
+    detail = f"batch {batch}, {prompt} prompt + {new} new tokens, KV cache {_gib(kv)}"
+    return [run.stage("eval (hf): generation", working, 0, detail)]
 
 
 def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[Stage]:
-    shape = model_shape(opts["model"])
-    device, dtype = _compute(opts.get("device"), opts.get("dtype"))
+    run = model_run("finetune", opts, limits)
+    shape, dtype = run.shape, run.dtype
     # `--lora/--full` is one flag of the command (``lora``); `plan` may read it as ``full``.
     full = str(opts.get("full", "false")).lower() in ("true", "yes", "1")
     lora = not full and str(opts.get("lora", "true")).lower() not in ("false", "no", "0")
@@ -742,22 +723,11 @@ def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[
     if opts.get("gradient_checkpointing") not in (None, False, "false"):
         working -= activations * 9 // 10
     written = 4 * trainable if lora else shape.params * shape.stored_dtype.itemsize
-    return [
-        _model_stage(
-            "finetune: training steps",
-            shape,
-            weights_dtype,
-            device,
-            opts.get("device_map"),
-            limits,
-            working,
-            shape.file_bytes,
-            written,
-            f"{'LoRA r=' + str(opts.get('lora_r', 16)) if lora else 'full'}: {trainable:,} "
-            f"trainable entries, batch {batch} x {length} tokens",
-            fixed_cost("finetune"),
-        )
-    ]
+    detail = (
+        f"{'LoRA r=' + str(opts.get('lora_r', 16)) if lora else 'full'}: {trainable:,} "
+        f"trainable entries, batch {batch} x {length} tokens"
+    )
+    return [run.stage("finetune: training steps", working, written, detail, weights_dtype)]
 
 
 def calibration_stage(
@@ -877,14 +847,14 @@ def safelora_adapter_stages(
     """``safelora --adapter``: the adapter's factors, and for each adapted linear its aligned
     and pre-trained weights (V = W_A - W_P, its fp32 projection C·B and C·B·A); the output
     is an adapter of the same keys."""
-    from realignkit.checkpoint.adapter import _LORA_KEY, PEFT_PREFIX
+    from realignkit.checkpoint.adapter import LORA_KEY, PEFT_PREFIX
 
     adapter = adapter_tensors(str(opts["adapter"]))
     aligned = tensors_of(str(opts["aligned"]), "aligned model")
     pretrained = tensors_of(str(opts["pretrained"]), "pre-trained model")
     modules = {}
     for key in adapter.names:
-        found = _LORA_KEY.match(key)
+        found = LORA_KEY.match(key)
         if found:
             modules[found["module"].removeprefix(PEFT_PREFIX) + ".weight"] = found["module"]
     weights = [n for n in aligned.names if n in modules]

@@ -29,7 +29,7 @@ from realignkit.checkpoint.source import resolve_model_dir
 from realignkit.errors import RealignError
 
 PEFT_PREFIX = "base_model.model."
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.weight$")
+LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)\.weight$")
 _EMB_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_embedding_A|lora_embedding_B)$")
 
 
@@ -81,7 +81,7 @@ class LoraAdapter:
         pairs: dict[str, dict[str, str]] = {}
         for key in infos:
             name = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
-            match = _LORA_KEY.match(name) or _EMB_KEY.match(name)
+            match = LORA_KEY.match(name) or _EMB_KEY.match(name)
             if match:
                 pairs.setdefault(match["module"], {})[match["kind"][-1]] = key
                 pairs[match["module"]]["emb"] = "1" if "embedding" in match["kind"] else ""

@@ -93,7 +93,20 @@ class TensorSpec:
         return count * self.dtype.itemsize
 
 
-def _shard_header(specs: Sequence[TensorSpec]) -> bytes:
+def split_shards(specs: Sequence[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
+    """``specs`` in order, cut into shards of at most ``max_bytes`` (a larger tensor alone)."""
+    shards: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if shards[-1] and size + spec.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += spec.nbytes
+    return shards if shards[0] else []
+
+
+def shard_header(specs: Sequence[TensorSpec]) -> bytes:
     """The safetensors header for ``specs`` laid out back to back, padded to 8 bytes."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -156,19 +169,8 @@ class CheckpointWriter:
         self._position = 0  # next planned tensor
         self._shard_file: BinaryIO | None = None
         if self._plan is not None:
-            self._planned_shards = self._split(self._plan)
+            self._planned_shards = split_shards(self._plan, self.max_shard_bytes)
         self._shard_of = {s.name: i for i, shard in enumerate(self._planned_shards) for s in shard}
-
-    def _split(self, specs: list[TensorSpec]) -> list[list[TensorSpec]]:
-        shards: list[list[TensorSpec]] = [[]]
-        size = 0
-        for spec in specs:
-            if shards[-1] and size + spec.nbytes > self.max_shard_bytes:
-                shards.append([])
-                size = 0
-            shards[-1].append(spec)
-            size += spec.nbytes
-        return shards if shards[0] else []
 
     def _planned_file_name(self, index: int) -> str:
         count = len(self._planned_shards)
@@ -285,7 +287,7 @@ class CheckpointWriter:
         if shard[0] is spec:
             path = self.tmp_dir / self._planned_file_name(shard_index)
             self._shard_file = path.open("wb")
-            self._shard_file.write(_shard_header(shard))
+            self._shard_file.write(shard_header(shard))
             self._shards.append((path, [s.name for s in shard]))
         assert self._shard_file is not None
         if spec.nbytes:

@@ -60,7 +60,9 @@ log = logging.getLogger(__name__)
 PASS_AT = (1, 10, 100)
 
 
-def _render(generator: Generator, bench: Benchmark, row: dict, system: str | None) -> str:
+def benchmark_prompt(generator: Generator, bench: Benchmark, row: dict, system: str | None) -> str:
+    """The text ``eval`` gives the model for one benchmark row (``realignkit plan`` measures
+    the longest)."""
     if bench.kind == "humaneval":
         if generator.has_chat_template:
             return generator.format(humaneval.chat_prompt(row["prompt"]), system_prompt=system)
@@ -379,7 +381,7 @@ def evaluate(
                 num_samples=samples if bench.kind == "humaneval" else 1,
                 seed=seed,
             )
-            texts = [_render(generator, bench, row, system) for row in bench.rows]
+            texts = [benchmark_prompt(generator, bench, row, system) for row in bench.rows]
             responses[bench.name] = generate_cached(
                 generator, texts, settings, generations, batch_size=batch_size, desc=bench.name
             )
