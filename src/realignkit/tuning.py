@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from realignkit.checkpoint.output import write_json_atomic, write_text_atomic
 from realignkit.errors import RealignError
 from realignkit.eval.stats import Rate, rate_with_interval, wilson_interval
 from realignkit.methods.base import Method
@@ -284,15 +285,12 @@ def tune(
         given = {k: params[k] for k in {**job.params, param: value}}
         job_here = RealignJob(**{**vars(job), "params": given})
         realigned = recipe(job_here, folder)
-        record_path.write_text(
-            json.dumps(
-                {
-                    "key": key,
-                    "model": str(realigned.model),
-                    "adapter": str(realigned.adapter or "") or None,
-                }
-            )
-        )
+        record = {
+            "key": key,
+            "model": str(realigned.model),
+            "adapter": str(realigned.adapter or "") or None,
+        }
+        write_text_atomic(record_path, json.dumps(record))
         return realigned.model, realigned.adapter, True
 
     def probe(value: float, every: bool = False) -> Probe:
@@ -390,7 +388,7 @@ def tune(
             judged.close()
     result.seconds = round(time.perf_counter() - started, 1)
     result.cpu_seconds = round(time.process_time() - cpu_started, 1)
-    (out / "tune.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    write_json_atomic(out / "tune.json", result.to_dict())
     return result
 
 
