@@ -220,8 +220,59 @@ def _always(_params: Mapping[str, Any]) -> Mapping[str, str]:
     return {}
 
 
+class Declares:
+    """Declared parameters looked up and checked by name: what a :class:`Method` shares with
+    a hand-written recipe's declaration (:class:`realignkit.methods.registry.Declaration`),
+    whose ``accepts`` are further names it takes unchecked."""
+
+    name: str
+    params: tuple[Param, ...]
+    accepts: tuple[str, ...] = ()
+
+    @property
+    def param_names(self) -> list[str]:
+        return [p.name for p in self.params] + list(self.accepts)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise RealignError(
+            f"method {self.name!r} has no parameter {name!r}; "
+            f"its parameters: {', '.join(self.param_names)}"
+        )
+
+    def checked(
+        self, values: Mapping[str, Any], *, where: str | None = None, sweep: bool = False
+    ) -> dict[str, Any]:
+        """Every declared parameter's checked value (defaults filled in); a name neither
+        declared nor accepted is a one-line error.
+
+        ``where`` prefixes labels (``sweep config: resta.``) instead of CLI flags; ``sweep``
+        refuses parameters a sweep may not vary.
+        """
+        known = {p.name: p for p in self.params}
+        for key in values:
+            if key not in known and key not in self.accepts:
+                raise RealignError(
+                    f"{where or ''}method {self.name!r} has no parameter {key!r}; "
+                    f"its parameters: {', '.join(self.param_names)}"
+                )
+            if sweep and key in known and not known[key].sweepable:
+                raise RealignError(
+                    f"{where or ''}{self.name}.{key} cannot be swept; sweepable: "
+                    + ", ".join(p.name for p in self.params if p.sweepable)
+                )
+        prefix = f"{where}{self.name}." if where is not None else None
+        out = {}
+        for p in self.params:
+            label = f"{prefix}{p.name}" if prefix is not None else None
+            out[p.name] = p.check(values.get(p.name, p.default), label)
+        return out
+
+
 @dataclass(frozen=True)
-class Method:
+class Method(Declares):
     """A declared re-alignment method (see the module docstring).
 
     ``needs`` are the inputs it always reads; ``needs_when(params)`` maps the inputs that some
@@ -308,47 +359,14 @@ class Method:
         if self.paper:
             self.resolve(self.paper, where="paper setting: ")
 
-    @property
-    def param_names(self) -> list[str]:
-        return [p.name for p in self.params]
-
-    def param(self, name: str) -> Param:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise RealignError(
-            f"method {self.name!r} has no parameter {name!r}; "
-            f"its parameters: {', '.join(self.param_names)}"
-        )
-
     def resolve(
         self, values: Mapping[str, Any], *, where: str | None = None, sweep: bool = False
     ) -> dict[str, Any]:
-        """Every parameter's checked value (defaults filled in), or a one-line error.
-
-        ``where`` prefixes labels (``sweep config: resta.``) instead of CLI flags; ``sweep``
-        refuses parameters a sweep may not vary.
-        """
-        prefix = f"{where}{self.name}." if where is not None else None
-        known = {p.name: p for p in self.params}
+        """Every parameter's checked value (defaults filled in, a preset's first), or a
+        one-line error (see :meth:`Declares.checked`)."""
         if self.presets is not None:
             values = self.presets(values)
-        for key in values:
-            if key not in known:
-                lead = f"{where}" if where else ""
-                raise RealignError(
-                    f"{lead}method {self.name!r} has no parameter {key!r}; "
-                    f"its parameters: {', '.join(self.param_names)}"
-                )
-            if sweep and not known[key].sweepable:
-                raise RealignError(
-                    f"{where or ''}{self.name}.{key} cannot be swept; sweepable: "
-                    + ", ".join(p.name for p in self.params if p.sweepable)
-                )
-        out = {}
-        for p in self.params:
-            label = f"{prefix}{p.name}" if prefix is not None else None
-            out[p.name] = p.check(values.get(p.name, p.default), label)
+        out = self.checked(values, where=where, sweep=sweep)
         if self.validate is not None:
             self.validate(out)
         return out

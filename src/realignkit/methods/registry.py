@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from realignkit.errors import RealignError
 from realignkit.execute import Sources, execute
-from realignkit.methods.base import Method, Param
+from realignkit.methods.base import Declares, Method, Param
 
 NOT_METHODS = ("base", "registry")
 
@@ -63,7 +62,7 @@ class Realigned:
 
 
 @dataclass(frozen=True)
-class Declaration:
+class Declaration(Declares):
     """What a hand-written recipe declares about itself (a declared :class:`Method` says it all
     in its own declaration): its checked parameters (``params``; strengths carry ``safer`` and
     ``search`` for ``tune``), the other parameter names it accepts unchecked (``accepts``),
@@ -80,40 +79,12 @@ class Declaration:
         if self.paper:
             self.resolve(self.paper, where="paper setting: ")
 
-    @property
-    def param_names(self) -> list[str]:
-        return [p.name for p in self.params] + list(self.accepts)
-
-    def param(self, name: str) -> Param:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise RealignError(
-            f"method {self.name!r} has no declared parameter {name!r}; "
-            f"its parameters: {', '.join(self.param_names)}"
-        )
-
     def resolve(
         self, values: Mapping[str, Any], *, where: str | None = None, sweep: bool = False
     ) -> dict[str, Any]:
         """The given values, the declared ones checked (defaults filled in); a name neither
         declared nor accepted is a one-line error."""
-        known = {p.name: p for p in self.params}
-        out: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in known and key not in self.accepts:
-                raise RealignError(
-                    f"{where or ''}method {self.name!r} has no parameter {key!r}; "
-                    f"its parameters: {', '.join(self.param_names)}"
-                )
-            if sweep and key in known and not known[key].sweepable:
-                raise RealignError(f"{where or ''}{self.name}.{key} cannot be swept")
-            out[key] = value
-        prefix = f"{where}{self.name}." if where is not None else None
-        for p in self.params:
-            label = f"{prefix}{p.name}" if prefix is not None else None
-            out[p.name] = p.check(values.get(p.name, p.default), label)
-        return out
+        return {**values, **self.checked(values, where=where, sweep=sweep)}
 
 
 Recipe = Callable[[RealignJob, Path], Realigned]
