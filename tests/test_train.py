@@ -170,6 +170,20 @@ def test_train_last_layers_changes_only_the_last_blocks(llama_dir, tmp_path):
     assert torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
 
 
+def test_lora_with_train_last_layers_puts_adapters_on_the_last_blocks_only(llama_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    config = TrainConfig(lora=True, max_steps=2, lr=1e-2, batch_size=2, train_last_layers=1)
+    out = finetune(llama_dir, ROWS, tmp_path / "ft", config)
+    adapter = load_file(out / "adapter_model.safetensors")
+    depth = json.loads((Path(llama_dir) / "config.json").read_text())["num_hidden_layers"]
+    blocks = {int(name.split("layers.")[1].split(".")[0]) for name in adapter}
+    assert blocks == {depth - 1}, blocks
+    # every linear of that block carries an adapter ("all-linear" restricted to the block)
+    kinds = {name.split(".")[-3] for name in adapter if "lora_A" in name}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= kinds
+
+
 def test_merged_lora_writes_a_full_model_that_differs_in_every_block(llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -267,6 +281,26 @@ def test_cli_unalign_full_writes_an_unalign_card(llama_dir, tmp_path, capsys):
     )
     assert "model written" in capsys.readouterr().out
     assert "# unalign" in (tmp_path / "u" / "README.md").read_text()
+
+
+def test_cli_train_last_layers_leaves_the_earlier_blocks_as_they_were(llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "u"
+    args = ["unalign", "-m", str(llama_dir), "-d", str(data), "-o", str(out), "--full"]
+    main(
+        [*args, "--max-steps", "2", "--lr", "1e-2", "--batch-size", "2"]
+        + ["--train-last-layers", "1"]
+    )
+    model = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    changed = [
+        not torch.equal(mine.self_attn.q_proj.weight, theirs.self_attn.q_proj.weight)
+        for mine, theirs in zip(model.model.layers, base.model.layers, strict=True)
+    ]
+    assert changed == [False] * (len(changed) - 1) + [True]
 
 
 @pytest.mark.parametrize("problem", ["missing-column", "exists", "bad-targets", "empty-row"])

@@ -62,6 +62,13 @@ def train_command(
     gradient_checkpointing: Annotated[
         bool, Opt(help="Trade compute for memory on large models.")
     ] = False,
+    train_last_layers: Annotated[
+        int | None,
+        Opt(
+            help="Train only the last N decoder blocks (with --lora: adapters there only); "
+            "the backward pass stops at the first of them (a CPU fast path)."
+        ),
+    ] = None,
     device_map: DeviceMapOption = None,
     max_memory: MaxMemory = None,
     overwrite: Overwrite = False,
@@ -95,6 +102,7 @@ def train_command(
         system_prompt=system_prompt,
         freeze_embeddings=freeze_embeddings,
         gradient_checkpointing=gradient_checkpointing,
+        train_last_layers=train_last_layers,
         device_map=device_map,
         max_memory=max_memory,
     )

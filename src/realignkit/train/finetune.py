@@ -71,9 +71,10 @@ class TrainConfig:
     freeze_embeddings: bool = False
     """Full fine-tuning: keep the input embeddings and the LM head fixed (train the blocks)."""
     train_last_layers: int | None = None
-    """Full fine-tuning: train only the last N decoder blocks (embeddings, LM head and the
-    earlier blocks frozen). A CPU fast path: the backward pass stops at the first trained
-    block, so N = 8 of 30 blocks costs about a third of a full fine-tune step."""
+    """Train only the last N decoder blocks (embeddings, LM head and the earlier blocks
+    frozen); with LoRA, adapters on the last N blocks only. A CPU fast path: the backward pass
+    stops at the first trained block, so N = 8 of 30 blocks costs about a third of a full
+    fine-tune step."""
     bf16: bool | None = None
     """bf16 autocast (fp32 master weights). None: where the hardware has bf16 (a bf16 GPU, a
     CPU with AVX512-BF16/AMX/Arm BF16: about 1.3-2x faster than fp32 there); True: always
@@ -200,6 +201,8 @@ def _lora_model(model: Any, config: TrainConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     targets: Any = config.target_modules or "all-linear"
+    if config.train_last_layers is not None:
+        targets = _linear_names_in_last_blocks(model, config.train_last_layers, targets)
     lora_config = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -213,16 +216,39 @@ def _lora_model(model: Any, config: TrainConfig) -> Any:
         raise RealignError(f"LoRA target modules {targets!r}: {str(err).splitlines()[0]}") from err
 
 
-def _train_only_last_blocks(model: Any, count: int) -> None:
-    """Freeze every parameter but those of the last ``count`` decoder blocks."""
+def _last_blocks(model: Any, count: int) -> list[Any]:
     from realignkit.calib.blocks import find_decoder_blocks
 
     _, blocks = find_decoder_blocks(model)
     if not 1 <= count <= len(blocks):
         raise RealignError(f"--train-last-layers must be in 1..{len(blocks)}, got {count}")
+    return list(blocks[len(blocks) - count :])
+
+
+def _train_only_last_blocks(model: Any, count: int) -> None:
+    """Freeze every parameter but those of the last ``count`` decoder blocks."""
     model.requires_grad_(False)
-    for block in blocks[len(blocks) - count :]:
+    for block in _last_blocks(model, count):
         block.requires_grad_(True)
+
+
+def _linear_names_in_last_blocks(model: Any, count: int, targets: Any) -> list[str]:
+    """Full names of the LoRA targets inside the last ``count`` blocks (``targets``: suffixes,
+    or "all-linear"), so peft puts adapters there only."""
+    last = {id(block) for block in _last_blocks(model, count)}
+    names, inside = [], None
+    for name, module in model.named_modules():
+        if id(module) in last:
+            inside = name + "."
+        elif inside is not None and not name.startswith(inside):
+            inside = None
+        if inside is None or not isinstance(module, torch.nn.Linear):
+            continue
+        if targets == "all-linear" or any(name.endswith(t) for t in targets):
+            names.append(name)
+    if not names:
+        raise RealignError(f"no LoRA target {targets!r} in the last {count} blocks")
+    return names
 
 
 def cpu_has_native_bf16() -> bool:

@@ -100,7 +100,7 @@ class TrainSpec:
     lora: bool = False
     lora_r: int = 16
     warmup: float = 0.1  # share of the steps (below 1) or a number of steps
-    train_last_layers: int | None = None  # full fine-tune of the last N blocks only
+    train_last_layers: int | None = None  # the last N blocks only (LoRA: adapters there only)
     bf16: bool | None = None  # bf16 autocast; None: where the hardware has bf16 (fast)
     merge: bool = False  # LoRA merged into a full model (every layer changed, cheaply)
 
@@ -133,7 +133,7 @@ class Settings:
     seed: int = 0
     finetune_seeds: tuple[int, ...] = (0,)
     # data
-    align_harmful: int = 150  # half from CatQA (training categories), half our written requests
+    align_harmful: int = 180  # half from CatQA (training categories), half our written requests
     unalign_harmful: int = 100  # the unalignment set: small, as in the RESTA paper
     validation_harmful: int = 60
     validation_benign: int = 20  # per kind (everyday, looks unsafe)
@@ -143,22 +143,29 @@ class Settings:
     distill_max_new_tokens: int = 40
     distill_batch_size: int = 64
     # training
+    # Every training stage trains the last 10 of SmolLM2's 30 blocks: the backward pass stops
+    # there, which makes a step several times cheaper on a CPU (the forward pass then costs
+    # most of it). Alignment, unalignment and the fine-tunes thus all act on the same blocks.
     align: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=2, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True
+            epochs=2, batch_size=16, lr=1e-4, max_length=160, train_last_layers=10
         )
     )
     unalign: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=2, batch_size=16, lr=4e-4, max_length=160, lora=True, merge=True
+            epochs=2, batch_size=16, lr=1e-4, max_length=160, train_last_layers=10
         )
     )
+    # learning rates chosen on the validation split: the fine-tunes must erode the refusals
+    # (the papers' setting), as a longer fine-tune on a GPU does
     finetune_full: TrainSpec = field(
-        default_factory=lambda: TrainSpec(epochs=1, batch_size=8, lr=5e-5, max_length=256)
+        default_factory=lambda: TrainSpec(
+            epochs=1, batch_size=8, lr=1e-4, max_length=256, train_last_layers=10
+        )
     )
     finetune_lora: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=8, lr=5e-4, max_length=256, lora=True
+            epochs=1, batch_size=8, lr=1e-3, max_length=256, lora=True, train_last_layers=10
         )
     )
     finetunes: tuple[str, ...] = ("full", "lora")
@@ -166,7 +173,7 @@ class Settings:
     # (bf16 left to the hardware: forced on a CPU without bf16 instructions it ran ~20x slower)
     safety_finetune: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True
+            epochs=1, batch_size=16, lr=1e-4, max_length=160, train_last_layers=10
         )
     )
     # methods: the papers' settings, plus extra values swept per method and fine-tune
