@@ -133,7 +133,7 @@ class Settings:
     seed: int = 0
     finetune_seeds: tuple[int, ...] = (0,)
     # data
-    align_harmful: int = 180  # half from CatQA (training categories), half our written requests
+    align_harmful: int = 150  # half from CatQA (training categories), half our written requests
     unalign_harmful: int = 100  # the unalignment set: small, as in the RESTA paper
     validation_harmful: int = 60
     validation_benign: int = 20  # per kind (everyday, looks unsafe)
@@ -143,29 +143,25 @@ class Settings:
     distill_max_new_tokens: int = 40
     distill_batch_size: int = 64
     # training
-    # Every training stage trains the last 10 of SmolLM2's 30 blocks: the backward pass stops
-    # there, which makes a step several times cheaper on a CPU (the forward pass then costs
-    # most of it). Alignment, unalignment and the fine-tunes thus all act on the same blocks.
     align: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=2, batch_size=16, lr=1e-4, max_length=160, train_last_layers=10
+            epochs=2, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True
         )
     )
     unalign: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=2, batch_size=16, lr=1e-4, max_length=160, train_last_layers=10
+            epochs=2, batch_size=16, lr=4e-4, max_length=160, lora=True, merge=True
         )
     )
-    # learning rates chosen on the validation split: the fine-tunes must erode the refusals
-    # (the papers' setting), as a longer fine-tune on a GPU does
+    # learning rates chosen on the validation split (aligned 6.7 % harmful there): at 5e-5 /
+    # 5e-4 the fine-tunes added only +15 / +5 points on test; at 1e-4 / 1e-3 they add +50 /
+    # +43 on validation, the erosion of the papers' setting
     finetune_full: TrainSpec = field(
-        default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=8, lr=1e-4, max_length=256, train_last_layers=10
-        )
+        default_factory=lambda: TrainSpec(epochs=1, batch_size=8, lr=1e-4, max_length=256)
     )
     finetune_lora: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=8, lr=1e-3, max_length=256, lora=True, train_last_layers=10
+            epochs=1, batch_size=8, lr=1e-3, max_length=256, lora=True
         )
     )
     finetunes: tuple[str, ...] = ("full", "lora")
@@ -173,7 +169,7 @@ class Settings:
     # (bf16 left to the hardware: forced on a CPU without bf16 instructions it ran ~20x slower)
     safety_finetune: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=16, lr=1e-4, max_length=160, train_last_layers=10
+            epochs=1, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True
         )
     )
     # methods: the papers' settings, plus extra values swept per method and fine-tune
