@@ -319,48 +319,80 @@ def test_a_dry_run_that_does_not_fit_exits_3(dry_world, capsys):
 # the planning process after the command's imports). Measured on a 2-core AMD EPYC, one
 # torch thread (planned / measured, MiB): finetune LoRA +393 / +450, full +368 / +401,
 # fisher per-batch +322 / +370, eval +48 / +72, irr +82 / +84, safedelta +82 / +91.
+# GPT-2 (same width, under CPU contention): eval +60 / +69, fisher +368 / +436, finetune
+# full +664 / +729 (the attention matrices its dropout keeps; +408 without them).
 MODEL_SLACK = 0.20
 MODEL_MARGIN = 32 * MIB
 
 
-@pytest.fixture(scope="module")
-def model_world(tmp_path_factory):
-    """A Llama small enough for the CPU whose passes hold more than the process's fixed cost:
-    256 wide, 4 blocks, 4096-token vocabulary; rows longer than --max-length."""
-    from tiny import make_tokenizer
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def model_config(arch: str):
+    """A model of ``arch`` small enough for the CPU whose passes hold more than the process's
+    fixed cost: 256 wide, 4 blocks, a 4096-token vocabulary. GPT-2 keeps its own layout
+    (Conv1D weights, tied embeddings, learned positions, a 4x MLP, no key/value heads)."""
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
-    from realignkit.methods.safety_vector import compute_safety_vector
-
-    root = tmp_path_factory.mktemp("model")
-    config = LlamaConfig(
+    ids = dict(vocab_size=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "gpt2":
+        return GPT2Config(n_embd=256, n_layer=4, n_head=8, n_positions=2048, **ids)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
+    return cls(
         hidden_size=256,
         intermediate_size=768,
         num_hidden_layers=4,
         num_attention_heads=8,
         num_key_value_heads=4,
-        vocab_size=4096,
         max_position_embeddings=2048,
         tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+        **ids,
     )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "aligned")
-    make_tokenizer().save_pretrained(root / "aligned")
-    for name, seed in (("unaligned", 2), ("finetuned", 3)):
-        noisy_copy(root / "aligned", root / name, seed=seed, scale=1e-2)
-    compute_safety_vector(root / "aligned", root / "sv", unaligned=root / "unaligned")
 
-    def words(count: int, shift: int = 0) -> str:
-        return " ".join("abcdefghij"[(i + shift) % 10] * 3 for i in range(count))
 
+def words(count: int, shift: int = 0) -> str:
+    return " ".join("abcdefghij"[(i + shift) % 10] * 3 for i in range(count))
+
+
+def write_model_data(root: Path) -> Path:
+    """Rows longer than --max-length, and eval prompts, under ``root``."""
     rows = [{"prompt": words(20) + f" {i}", "response": words(300, 3)} for i in range(16)]
     (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     prompts = [{"prompt": words(60) + f" {i}"} for i in range(8)]
     (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
     return root
+
+
+def model_world_of(arch: str, root: Path) -> Path:
+    """``root``: the aligned model of :func:`model_config`, a noisy fine-tune and unaligned
+    copy, their safety vector and the rows."""
+    from tiny import make_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from realignkit.methods.safety_vector import compute_safety_vector
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(model_config(arch)).save_pretrained(root / "aligned")
+    make_tokenizer().save_pretrained(root / "aligned")
+    for name, seed in (("unaligned", 2), ("finetuned", 3)):
+        noisy_copy(root / "aligned", root / name, seed=seed, scale=1e-2)
+    compute_safety_vector(root / "aligned", root / "sv", unaligned=root / "unaligned")
+    return write_model_data(root)
+
+
+@pytest.fixture(scope="module")
+def model_world(tmp_path_factory):
+    return model_world_of("llama", tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def arch_worlds(tmp_path_factory):
+    """:func:`model_world_of` per architecture, built when a case first asks for it."""
+    built: dict[str, Path] = {}
+
+    def world(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = model_world_of(arch, tmp_path_factory.mktemp(f"model-{arch}"))
+        return built[arch]
+
+    return world
 
 
 def model_cases(w: Path) -> dict[str, list[str]]:
@@ -383,22 +415,63 @@ def model_cases(w: Path) -> dict[str, list[str]]:
     }
 
 
+def check_model_stage(args: list[str], label: str) -> None:
+    """The plan of ``args`` against the measured peak, above the plan's own fixed cost."""
+    plan = planned(args)
+    real = measured(args)
+    fixed = max(stage["fixed_bytes"] for stage in plan["stages"])
+    planned_extra, measured_extra = plan["peak_host_bytes"] - fixed, real["rss"] - fixed
+    figures = (
+        f"{label}: fixed {fixed / MIB:.0f} MiB, planned +{planned_extra / MIB:.0f} MiB, "
+        f"measured +{measured_extra / MIB:.0f} MiB"
+    )
+    print(figures)
+    assert abs(planned_extra - measured_extra) <= MODEL_SLACK * measured_extra + MODEL_MARGIN, (
+        figures
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["finetune-lora", "finetune-full", "fisher", "eval", "irr", "safedelta"]
 )
 def test_model_stage_plans_match_measured_peaks(model_world, case):
-    args = [*model_cases(model_world)[case], "-o", str(model_world / "out" / case)]
-    plan = planned(args)
-    real = measured(args)
-    fixed = max(stage["fixed_bytes"] for stage in plan["stages"])
-    planned_extra, measured_extra = plan["peak_host_bytes"] - fixed, real["rss"] - fixed
-    print(
-        f"{case}: fixed {fixed / MIB:.0f} MiB, planned +{planned_extra / MIB:.0f} MiB, "
-        f"measured +{measured_extra / MIB:.0f} MiB"
+    check_model_stage(
+        [*model_cases(model_world)[case], "-o", str(model_world / "out" / case)], case
     )
-    assert abs(planned_extra - measured_extra) <= MODEL_SLACK * measured_extra + MODEL_MARGIN, (
-        case,
-        planned_extra / MIB,
-        measured_extra / MIB,
-    )
+
+
+# Per architecture, the stages whose plan depends on its layout: the KV cache (Qwen2's and
+# Mistral's grouped heads, GPT-2's full heads), the backward pass's MLP and attention
+# tensors, the tied embedding counted once, Conv1D weights under LoRA.
+# one case per architecture and stage kind that exercises different plan code (GPT-2: Conv1D,
+# tied embeddings, attention dropout in training), kept few: each case is a child process
+ARCH_CASES = [
+    ("qwen2", "fisher"),
+    ("mistral", "eval"),
+    ("gpt2", "fisher"),
+    ("gpt2", "finetune-full"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "case"), ARCH_CASES)
+def test_model_stage_plans_match_measured_peaks_on_each_architecture(arch_worlds, arch, case):
+    w = arch_worlds(arch)
+    check_model_stage([*model_cases(w)[case], "-o", str(w / "out" / case)], f"{arch} {case}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["fisher", "eval"])
+def test_model_stage_plans_match_measured_peaks_on_smollm2(smol_world, case):
+    """A real model (30 blocks, tied 49k-token embeddings, stored in another dtype than the
+    CPU computes in) at settings a 2-core test affords."""
+    aligned, finetuned, root = smol_world
+    rows, prompts = write_model_data(root) / "rows.jsonl", root / "prompts.jsonl"
+    args = {
+        "fisher": ["fisher", "--model", str(aligned), "--harmful", str(rows)]
+        + ["--max-length", "64", "--num-samples", "4", "--mode", "per-batch", "--batch-size", "2"],
+        "eval": ["eval", "-m", str(finetuned), "--safety", f"harmful:{prompts}"]
+        + ["--batch-size", "4", "--max-new-tokens", "16"],
+    }[case]
+    check_model_stage([*args, "-o", str(root / "out" / case)], f"smollm2 {case}")

@@ -453,6 +453,7 @@ class ModelShape:
     file_bytes: int
     stored_dtype: torch.dtype
     meta: Any  # the model on the meta device
+    attention_dropout: float = 0.0  # in training (GPT-2's attn_pdrop is 0.1, Llama's 0.0)
 
 
 def model_shape(path: str | os.PathLike[str]) -> ModelShape:
@@ -491,10 +492,15 @@ def model_shape(path: str | os.PathLike[str]) -> ModelShape:
         file_bytes=tensors.total,
         stored_dtype=max(set(dtypes), key=dtypes.count) if dtypes else torch.float32,
         meta=meta,
+        attention_dropout=float(
+            getattr(text, "attention_dropout", None) or getattr(text, "attn_pdrop", 0.0) or 0.0
+        ),
     )
 
 
-def backward_activations(shape: ModelShape, batch: int, length: int, itemsize: int) -> int:
+def backward_activations(
+    shape: ModelShape, batch: int, length: int, itemsize: int, *, training: bool = False
+) -> int:
     """What a backward pass keeps of the forward pass, plus the loss's logits.
 
     Per decoder block and token a Llama-style block saves about 10 hidden-wide tensors (the
@@ -502,11 +508,20 @@ def backward_activations(shape: ModelShape, batch: int, length: int, itemsize: i
     ones (k, v before and after rotary) and 4 MLP-wide ones (gate, up, the activation, their
     product); SDPA keeps its log-sum-exp, not the attention matrix. The logits are fp32 and
     the loss keeps its log-softmax and the gradient: three vocab-wide tensors per token.
+
+    In ``training`` with attention dropout (GPT-2's ``attn_pdrop``), no fused kernel applies:
+    each block keeps its attention matrices, four ``heads x length²`` tensors per sequence
+    (the masked scores, their softmax, dropout's mask and the dropped probabilities;
+    measured on GPT-2 in tests/test_plan.py: without them a full fine-tune's plan was 44 %
+    under its peak).
     """
     tokens = batch * length
     per_block = (10 * shape.hidden + 4 * shape.kv_dim + 4 * shape.intermediate) * itemsize
     logits = 3 * shape.vocab * 4
-    return tokens * (shape.layers * per_block + logits)
+    attention = 0
+    if training and shape.attention_dropout > 0:
+        attention = shape.layers * batch * shape.heads * length**2 * 4 * itemsize
+    return tokens * (shape.layers * per_block + logits) + attention
 
 
 def place(
@@ -698,7 +713,7 @@ def finetune_stages(opts: Mapping[str, Any], limits: Mapping[str, int]) -> list[
     lora = not full and str(opts.get("lora", "true")).lower() not in ("false", "no", "0")
     batch = int(opts.get("batch_size", 8))
     length = int(opts.get("max_length", 512))
-    activations = backward_activations(shape, batch, length, dtype.itemsize)
+    activations = backward_activations(shape, batch, length, dtype.itemsize, training=True)
     if lora:
         rank = int(opts.get("lora_r", 16))
         targets = opts.get("target_modules")
