@@ -16,6 +16,7 @@ on the first transfer), the buffered path does the same job, byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -158,5 +159,8 @@ class ShardFile:
             os.close(self._fd)
             self._fd = -1
         if self._stage is not None:
-            self._stage.close()
+            # After a failed write the traceback may still hold a view of the buffer; then
+            # the buffer is freed with its last view instead (closing it would raise).
+            with contextlib.suppress(BufferError):
+                self._stage.close()
             self._stage = None
