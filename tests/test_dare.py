@@ -57,3 +57,42 @@ def test_a_shape_that_is_not_a_multiple_of_four_lanes_works() -> None:
 def test_unknown_stream_is_an_error_naming_the_known_ones() -> None:
     with pytest.raises(ValueError, match="pcg64, mt19937"):
         dare_keep_mask((2, 2), 0.3, 0, NAME, "philox")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stream", DARE_STREAMS)
+def test_mask_pieces_are_the_whole_mask_cut_up(stream: str) -> None:
+    """A tensor edited piece by piece sees exactly the mask drawn whole, whatever the piece."""
+    from realignkit.ops.dare import keep_chunks
+
+    whole = dare_keep_mask((37, 29), 0.3, 5, NAME, stream).reshape(-1).numpy()
+    for piece in (4, 8, 36, 1072, 5000):
+        pieces = list(keep_chunks((37, 29), 0.3, 5, NAME, stream, piece))
+        assert [len(c) for c in pieces[:-1]] == [piece] * (len(pieces) - 1)
+        assert np.array_equal(np.concatenate(pieces), whole)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        keep_chunks((37, 29), 0.3, 5, NAME, stream, 6)
+
+
+@pytest.mark.parametrize("stream", DARE_STREAMS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_resta_piece_by_piece_gives_the_bits_of_one_pass(
+    stream: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resta_tensor in pieces (a last piece shorter) equals the formula computed whole in
+    fp32 and rounded once, bit for bit, with and without DARE and for a mixed-dtype v."""
+    from realignkit.methods import resta
+
+    gen = torch.Generator().manual_seed(3)
+    shape = (53, 31)
+    f, b = (torch.randn(shape, generator=gen).to(dtype) for _ in range(2))
+    v = torch.randn(shape, generator=gen).to(torch.float32)
+    monkeypatch.setattr(resta, "PIECE", 64)
+    for drop in (0.0, 0.3):
+        got = resta.resta_tensor(f, v, 0.5, theta_b=b, drop_p=drop, name=NAME, dare_stream=stream)
+        theta = f.float()
+        if drop:
+            keep = dare_keep_mask(shape, drop, 0, NAME, stream)
+            theta = b.float() + ((theta - b.float()) / (1 - drop)) * keep
+        expected = theta.add(v, alpha=0.5).to(dtype)
+        assert got.dtype == dtype
+        assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))

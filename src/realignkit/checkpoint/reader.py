@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 import torch
 
+from realignkit.checkpoint import direct
 from realignkit.checkpoint.output import track_input, untrack_input
 from realignkit.checkpoint.source import resolve_model_dir
 from realignkit.errors import RealignError
@@ -173,6 +174,7 @@ class CheckpointReader:
         self.names: list[str] = list(self._pickled) if self.is_pickle else list(self._infos)
         self.files: list[Path] = list(files)
         self._handles: dict[Path, BinaryIO] = {}
+        self._direct: dict[Path, int | None] = {}  # O_DIRECT descriptors (None: refused)
         config_path = self.dir / "config.json"
         self.config: dict[str, Any] = (
             json.loads(config_path.read_text()) if config_path.exists() else {}
@@ -230,6 +232,15 @@ class CheckpointReader:
         return tensor
 
     def _read(self, info: TensorInfo) -> torch.Tensor:
+        if info.nbytes >= max(direct.DIRECT_MIN_BYTES, 1):
+            # Big tensors bypass the page cache (see realignkit.checkpoint.direct).
+            if info.file not in self._direct:
+                self._direct[info.file] = direct.open_direct_reader(info.file)
+            fd = self._direct[info.file]
+            if fd is not None:
+                tensor = direct.read_direct(fd, info.start, info.end, info.dtype, info.shape)
+                if tensor is not None:
+                    return tensor
         tensor = torch.empty(info.shape, dtype=info.dtype)
         if info.nbytes == 0:
             return tensor
@@ -257,6 +268,10 @@ class CheckpointReader:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        for fd in self._direct.values():
+            if fd is not None:
+                os.close(fd)
+        self._direct.clear()
         untrack_input(self)
 
     def __enter__(self) -> CheckpointReader:

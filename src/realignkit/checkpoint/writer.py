@@ -21,12 +21,13 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import save_file
 
 from realignkit._version import __version__
+from realignkit.checkpoint.direct import ShardFile
 from realignkit.checkpoint.output import (
     OUTPUT_MARKER,
     check_output_location,
@@ -167,7 +168,7 @@ class CheckpointWriter:
         self._plan = list(plan) if plan is not None else None
         self._planned_shards: list[list[TensorSpec]] = []
         self._position = 0  # next planned tensor
-        self._shard_file: BinaryIO | None = None
+        self._shard_file: ShardFile | None = None
         if self._plan is not None:
             self._planned_shards = split_shards(self._plan, self.max_shard_bytes)
         self._shard_of = {s.name: i for i, shard in enumerate(self._planned_shards) for s in shard}
@@ -214,9 +215,9 @@ class CheckpointWriter:
     def _discard(self) -> None:
         """Delete the unfinished temporary folder (the destination was never touched)."""
         if self._shard_file is not None:
-            # Its buffered tail may not flush to a full disk: irrelevant, the file goes.
+            # Its staged tail is not written: irrelevant, the file goes.
             with contextlib.suppress(OSError):
-                self._shard_file.close()
+                self._shard_file.discard()
             self._shard_file = None
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self._open = False
@@ -286,7 +287,7 @@ class CheckpointWriter:
         shard = self._planned_shards[shard_index]
         if shard[0] is spec:
             path = self.tmp_dir / self._planned_file_name(shard_index)
-            self._shard_file = path.open("wb")
+            self._shard_file = ShardFile(path)
             self._shard_file.write(shard_header(shard))
             self._shards.append((path, [s.name for s in shard]))
         assert self._shard_file is not None
@@ -368,6 +369,26 @@ class CheckpointWriter:
         )
         meta.setdefault("realignkit_version", __version__)
         self.write_json(OUTPUT_MARKER, meta)
+        _make_durable(self.tmp_dir)
         # Inputs opened after the writer was made (they are open now) are checked too.
         check_output_location(self.out_dir, open_inputs())
         swap_into_place(self.tmp_dir, self.out_dir, overwrite=self._overwrite)
+        _fsync_path(self.out_dir.parent)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_durable(folder: Path) -> None:
+    """Every file of the finished folder, and the folder itself, on the device before it is
+    renamed into place: a crash after the rename cannot leave a published folder with
+    missing or short files. Shards written with direct I/O are already there (cheap)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            _fsync_path(path)
+    _fsync_path(folder)

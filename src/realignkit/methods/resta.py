@@ -26,7 +26,7 @@ import torch
 
 from realignkit.errors import RealignError
 from realignkit.methods.base import Edit, Method, Param, WeightInputs
-from realignkit.ops.dare import DARE_STREAMS, DareStream, dare_keep_mask
+from realignkit.ops.dare import DARE_STREAMS, DareStream, keep_chunks
 from realignkit.ops.scratch import scratch
 from realignkit.ops.selection import EXTRA_KINDS, parse_include
 
@@ -60,21 +60,37 @@ def resta_tensor(
         # rounded once, bit-identical to the widened path below at a third of the traffic.
         return torch.add(theta_f, v, alpha=gamma)
     wide = torch.float64 if theta_f.dtype == torch.float64 else torch.float32
-    theta = scratch(wide, theta_f.shape, 0).copy_(theta_f)
-    if drop_p > 0.0:
-        if theta_b is None:
-            raise RealignError("DARE needs the base model (--base)")
-        base = scratch(wide, theta_f.shape, 1).copy_(theta_b)
-        keep = dare_keep_mask(theta_f.shape, drop_p, seed, name, dare_stream)
-        # θ_B + keep·(θ_F − θ_B)/(1 − p): the DARE paper's rescale, as in ops.dare.dare. The
-        # boolean product runs in numpy, in place: torch's mixed bool·float kernel took 2×
-        # as long and needs a float copy of the mask.
-        theta.sub_(base).div_(1.0 - drop_p)
-        np.multiply(theta.numpy(), keep.numpy(), out=theta.numpy())
-        theta.add_(base)
-    if v is not None:
-        theta.add_(scratch(wide, theta_f.shape, 1).copy_(v), alpha=gamma)
-    return theta.to(theta_f.dtype, copy=True)
+    if drop_p > 0.0 and theta_b is None:
+        raise RealignError("DARE needs the base model (--base)")
+    result = torch.empty_like(theta_f, memory_format=torch.contiguous_format)
+    flat_f, out = theta_f.reshape(-1), result.view(-1)
+    flat_b = theta_b.reshape(-1) if drop_p > 0.0 and theta_b is not None else None
+    flat_v = v.reshape(-1) if v is not None else None
+    count = flat_f.numel()
+    keep = keep_chunks(theta_f.shape, drop_p, seed, name, dare_stream, PIECE) if drop_p else None
+    # Piece by piece (every operation is elementwise, so the result is the same bits): the
+    # scratch stays a few cache-sized buffers whatever the tensor (a 32000 × 4096 embedding
+    # needed 1 GB of fp32 scratch per worker whole), and each pass runs from the cache.
+    for start in range(0, count, PIECE):
+        stop = min(count, start + PIECE)
+        theta = scratch(wide, (stop - start,), 0).copy_(flat_f[start:stop])
+        if flat_b is not None and keep is not None:
+            base = scratch(wide, (stop - start,), 1).copy_(flat_b[start:stop])
+            # θ_B + keep·(θ_F − θ_B)/(1 − p): the DARE paper's rescale, as in ops.dare.dare.
+            # The boolean product runs in numpy, in place: torch's mixed bool·float kernel
+            # took 2× as long and needs a float copy of the mask.
+            theta.sub_(base).div_(1.0 - drop_p)
+            np.multiply(theta.numpy(), next(keep), out=theta.numpy())
+            theta.add_(base)
+        if flat_v is not None:
+            theta.add_(scratch(wide, (stop - start,), 1).copy_(flat_v[start:stop]), alpha=gamma)
+        out[start:stop].copy_(theta)
+    return result
+
+
+PIECE = 1 << 20
+"""Entries per pass of :func:`resta_tensor` (4 MiB of fp32, a multiple of 4 as DARE's mask
+pieces need): big enough that per-pass overhead vanishes, small enough to stay in cache."""
 
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -154,7 +170,9 @@ def edit_weight(given: WeightInputs, params: Mapping[str, Any]) -> Edit:
 def _memory(params: Mapping[str, Any], same_dtype: bool) -> tuple[float, float]:
     """Bytes per entry beyond inputs and result (see :func:`resta_tensor`): the fused path
     allocates nothing; otherwise two fp32 scratch buffers per worker, and DARE's mask costs
-    its 16-bit random lanes and the boolean mask while one tensor is edited."""
+    its 16-bit random lanes and the boolean mask. Both cover one piece of :data:`PIECE`
+    entries at a time, so for bigger tensors these per-entry figures are an upper bound
+    (the planner's interface counts per entry)."""
     dare = _drop_rate(params) > 0.0
     if not dare and same_dtype:
         return 0.0, 0.0

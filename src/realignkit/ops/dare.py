@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -44,12 +45,46 @@ def drop_threshold(p: float) -> int:
     return round(p * (1 << LANE_BITS))
 
 
-def _random_lanes(count: int, seed: int, name: str) -> np.ndarray:
-    """``count`` uniform 16-bit integers from PCG64DXSM keyed by (seed, name)."""
+def keep_chunks(
+    shape: torch.Size | tuple[int, ...],
+    p: float,
+    seed: int,
+    name: str,
+    stream: DareStream = "pcg64",
+    chunk: int | None = None,
+) -> Iterator[np.ndarray]:
+    """The flattened keep mask of :func:`dare_keep_mask`, in consecutive boolean pieces of
+    ``chunk`` entries (the last one shorter; ``chunk`` a multiple of 4, None: one piece).
+
+    PCG64DXSM's stream continues from call to call, so the pieces are those of one draw,
+    whatever ``chunk``: a caller editing a tensor piece by piece holds one piece of random
+    bits at a time. The mt19937 stream is drawn whole (torch's draws depend on the size).
+    """
+    if stream not in DARE_STREAMS:
+        raise ValueError(f"unknown DARE random stream {stream!r}; known: {', '.join(DARE_STREAMS)}")
+    count = math.prod(shape)
+    chunk = max(count, 1) if chunk is None else chunk
+    if chunk < count and chunk % 4:
+        raise ValueError(f"DARE mask pieces must be a multiple of 4 entries, got {chunk}")
+    return _pieces(tuple(shape), count, chunk, p, seed, name, stream)
+
+
+def _pieces(
+    shape: tuple[int, ...], count: int, chunk: int, p: float, seed: int, name: str, stream: str
+) -> Iterator[np.ndarray]:
+    if stream == "mt19937":
+        generator = torch.Generator(device="cpu").manual_seed(tensor_seed(seed, name))
+        whole = (torch.rand(shape, generator=generator, dtype=torch.float32) >= p).numpy()
+        for start in range(0, count, chunk):
+            yield whole.reshape(-1)[start : start + chunk]
+        return
     digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
     generator = np.random.PCG64DXSM(np.random.SeedSequence(int.from_bytes(digest, "little")))
-    words = generator.random_raw(math.ceil(count / 4))  # 4 lanes per 64-bit word
-    return words.view(np.uint16)[:count]
+    threshold = np.uint16(drop_threshold(p)) if p < 1 else np.uint32(1 << LANE_BITS)
+    for start in range(0, count, chunk):
+        size = min(chunk, count - start)
+        words = generator.random_raw(math.ceil(size / 4))  # 4 lanes per 64-bit word
+        yield np.greater_equal(words.view(np.uint16)[:size], threshold)
 
 
 def dare_keep_mask(
@@ -60,14 +95,8 @@ def dare_keep_mask(
     stream: DareStream = "pcg64",
 ) -> torch.Tensor:
     """Boolean mask of kept entries: each kept with probability ``1 − p``."""
-    if stream == "mt19937":
-        generator = torch.Generator(device="cpu").manual_seed(tensor_seed(seed, name))
-        return torch.rand(shape, generator=generator, dtype=torch.float32) >= p
-    if stream != "pcg64":
-        raise ValueError(f"unknown DARE random stream {stream!r}; known: {', '.join(DARE_STREAMS)}")
-    count = math.prod(shape)
-    lanes = _random_lanes(count, seed, name)
-    keep = np.greater_equal(lanes, np.uint16(drop_threshold(p)) if p < 1 else np.uint32(1 << 16))
+    pieces = list(keep_chunks(shape, p, seed, name, stream))
+    keep = pieces[0] if pieces else np.zeros(0, dtype=bool)
     return torch.from_numpy(keep).reshape(tuple(shape))
 
 
