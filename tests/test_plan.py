@@ -470,7 +470,7 @@ def test_model_stage_plans_match_measured_peaks_on_smollm2(smol_world, case):
     rows, prompts = write_model_data(root) / "rows.jsonl", root / "prompts.jsonl"
     args = {
         "fisher": ["fisher", "--model", str(aligned), "--harmful", str(rows)]
-        + ["--max-length", "64", "--num-samples", "4", "--mode", "per-batch", "--batch-size", "2"],
+        + ["--max-length", "160", "--num-samples", "4", "--mode", "per-batch", "--batch-size", "2"],
         "eval": ["eval", "-m", str(finetuned), "--safety", f"harmful:{prompts}"]
         + ["--batch-size", "4", "--max-new-tokens", "16"],
     }[case]

@@ -374,6 +374,11 @@ def weight_method_stages(
         o.dtypes.get(n, ft.dtypes[n]) == ft.dtypes[n] for o in others.values() for n in edited
     )
     persistent_per_entry, transient_per_entry = (method.memory or default_memory)(params, same)
+    piece = method.memory_piece
+
+    def working(n: str) -> int:  # entries the method's scratch covers while it edits n
+        return ft.numel[n] if piece is None else min(ft.numel[n], piece)
+
     held_in, held_out = {}, {}
     read = ft.header_bytes + sum(o.header_bytes for o in others.values())
     for n in ft.names:
@@ -382,13 +387,13 @@ def weight_method_stages(
         if n in edited:
             extra = sum(o.nbytes.get(n, 0) for o in others.values())
             read += extra
-            held_in[n] = ft.nbytes[n] + extra + int(ft.numel[n] * transient_per_entry)
+            held_in[n] = ft.nbytes[n] + extra + int(working(n) * transient_per_entry)
         else:
             held_in[n] = 0  # the fine-tuned tensor itself is the result
     if method.scan is not None and method.scan_when(params):
         # A first pass scores every edited weight (nothing kept) before the writing pass.
-        read += sum(held_in[n] - int(ft.numel[n] * transient_per_entry) for n in edited)
-    biggest = max((ft.numel[n] for n in edited), default=0)
+        read += sum(held_in[n] - int(working(n) * transient_per_entry) for n in edited)
+    biggest = max((working(n) for n in edited), default=0)
     held = stream_peak(ft.names, held_in, held_out, int(biggest * persistent_per_entry), workers)
     support = _support_bytes(ft.folder)
     fixed = current_rss() if baseline is None else baseline

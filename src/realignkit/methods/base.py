@@ -323,6 +323,9 @@ class Method(Declares):
     sweep_defaults: Mapping[str, Any] = field(default_factory=dict)
     sweep_grid: Mapping[str, Any] = field(default_factory=dict)  # the demo's default grid
     memory: Memory | None = None  # working memory per edited entry (``realignkit plan``)
+    # a method that computes a weight in pieces of at most this many entries: its working
+    # memory covers one piece, not the whole weight (None: the whole weight)
+    memory_piece: int | None = None
     # -- layer methods: which model runs on which data, and what a first pass prepares --------
     runs: str = "aligned"  # the model run for the Hessians: "aligned" or "finetuned"
     runs_model: Callable[[Mapping[str, Any]], bool] = lambda _params: True

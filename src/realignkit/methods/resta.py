@@ -171,8 +171,7 @@ def _memory(params: Mapping[str, Any], same_dtype: bool) -> tuple[float, float]:
     """Bytes per entry beyond inputs and result (see :func:`resta_tensor`): the fused path
     allocates nothing; otherwise two fp32 scratch buffers per worker, and DARE's mask costs
     its 16-bit random lanes and the boolean mask. Both cover one piece of :data:`PIECE`
-    entries at a time, so for bigger tensors these per-entry figures are an upper bound
-    (the planner's interface counts per entry)."""
+    entries at a time (declared as ``memory_piece``: the planner counts one piece)."""
     dare = _drop_rate(params) > 0.0
     if not dare and same_dtype:
         return 0.0, 0.0
@@ -224,6 +223,7 @@ RESTA = Method(
     paper={"gamma": 0.5},  # the RESTA paper's γ
     validate=_check_include,
     memory=_memory,
+    memory_piece=PIECE,
 )
 # The sweep's "resta+dare": the same method, starting from the paper's p = 0.3.
 RESTA_DARE = replace(
