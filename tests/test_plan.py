@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny_model
+from tiny import save_tiny_model, tiny_config
 
 from realignkit.checkpoint import CheckpointReader, CheckpointWriter
 from realignkit.cli.plan import parse_options
@@ -329,21 +329,8 @@ def model_config(arch: str):
     """A model of ``arch`` small enough for the CPU whose passes hold more than the process's
     fixed cost: 256 wide, 4 blocks, a 4096-token vocabulary. GPT-2 keeps its own layout
     (Conv1D weights, tied embeddings, learned positions, a 4x MLP, no key/value heads)."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
-
-    ids = dict(vocab_size=4096, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    if arch == "gpt2":
-        return GPT2Config(n_embd=256, n_layer=4, n_head=8, n_positions=2048, **ids)
-    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
-    return cls(
-        hidden_size=256,
-        intermediate_size=768,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        **ids,
+    return tiny_config(
+        arch, 4096, hidden=256, layers=4, heads=8, kv_heads=4, intermediate=768, positions=2048
     )
 
 

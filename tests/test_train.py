@@ -170,18 +170,27 @@ def test_train_last_layers_changes_only_the_last_blocks(llama_dir, tmp_path):
     assert torch.equal(model.model.embed_tokens.weight, base.model.embed_tokens.weight)
 
 
-def test_lora_with_train_last_layers_puts_adapters_on_the_last_blocks_only(llama_dir, tmp_path):
+LINEARS = {
+    "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+    "gpt2": {"c_attn", "c_proj", "c_fc"},  # Conv1D layers
+}
+
+
+@pytest.mark.parametrize("arch", sorted(LINEARS))
+def test_lora_with_train_last_layers_puts_adapters_on_the_last_blocks_only(arch, tmp_path):
     from safetensors.torch import load_file
 
+    model = save_tiny_model(arch, tmp_path / arch)
     config = TrainConfig(lora=True, max_steps=2, lr=1e-2, batch_size=2, train_last_layers=1)
-    out = finetune(llama_dir, ROWS, tmp_path / "ft", config)
+    out = finetune(model, ROWS, tmp_path / "ft", config)
     adapter = load_file(out / "adapter_model.safetensors")
-    depth = json.loads((Path(llama_dir) / "config.json").read_text())["num_hidden_layers"]
-    blocks = {int(name.split("layers.")[1].split(".")[0]) for name in adapter}
+    settings = json.loads((model / "config.json").read_text())
+    depth = settings.get("num_hidden_layers") or settings["n_layer"]
+    blocks = {int(name.split(".h.")[-1].split("layers.")[-1].split(".")[0]) for name in adapter}
     assert blocks == {depth - 1}, blocks
     # every linear of that block carries an adapter ("all-linear" restricted to the block)
     kinds = {name.split(".")[-3] for name in adapter if "lora_A" in name}
-    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= kinds
+    assert LINEARS[arch] <= kinds, kinds
 
 
 def test_merged_lora_writes_a_full_model_that_differs_in_every_block(llama_dir, tmp_path):

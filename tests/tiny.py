@@ -55,22 +55,36 @@ def make_tokenizer(vocab_size: int = VOCAB_SIZE):
     return fast
 
 
-def tiny_config(arch: str, vocab_size: int = VOCAB_SIZE, **overrides):
-    """A transformers config of ``arch`` with two decoder blocks and hidden size 32."""
+def tiny_config(
+    arch: str,
+    vocab_size: int = VOCAB_SIZE,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 64,
+    positions: int = 128,
+    **overrides,
+):
+    """A transformers config of ``arch`` (default: two decoder blocks, hidden size 32). GPT-2
+    keeps its own layout: Conv1D weights, tied embeddings, a 4x MLP, no key/value heads."""
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "gpt2":
-        cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common)
+        cfg = GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions, **common
+        )
     else:
         cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[arch]
         cfg = cls(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
+            hidden_size=hidden,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=positions,
             tie_word_embeddings=False,
             **common,
         )

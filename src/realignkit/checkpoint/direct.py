@@ -79,7 +79,8 @@ def read_direct(
 
 class ShardFile:
     """A new file written sequentially, with ``O_DIRECT`` through an aligned staging buffer
-    where the file system allows it, else buffered; :meth:`close` makes it durable (fsync).
+    where the file system allows it, else buffered. Durability is the writer's job: it fsyncs
+    every file of the finished folder once, before the rename.
 
     The staging copy costs a memory pass (GB/s) and spares the page cache's fresh pages.
     """
@@ -139,8 +140,7 @@ class ShardFile:
             view = view[os.write(self._fd, view) :]
 
     def close(self) -> None:
-        """Write what is staged (padded to the block, then cut back to the true size) and
-        fsync: the data is on the device before the output folder is renamed into place."""
+        """Write what is staged (padded to the block, then cut back to the true size)."""
         try:
             if self._stage is not None and self._filled:
                 tail = self._filled
@@ -149,7 +149,6 @@ class ShardFile:
                 self._filled = padded
                 self._drain(padded)
                 os.ftruncate(self._fd, self.size)
-            os.fsync(self._fd)
         finally:
             self.discard()
 

@@ -24,7 +24,10 @@ def demo_command(
     ] = "real",
     preset: Annotated[
         str,
-        Opt(help="Real world: demo (a CPU, ~15 min), benchmark (CPU, hours), gpu (one GPU)."),
+        Opt(
+            help="Real world: demo (2 CPU cores: about an hour), benchmark (CPU, hours), "
+            "gpu (one GPU)."
+        ),
     ] = "demo",
     data_dir: Annotated[
         Path | None,

@@ -216,36 +216,39 @@ def _lora_model(model: Any, config: TrainConfig) -> Any:
         raise RealignError(f"LoRA target modules {targets!r}: {str(err).splitlines()[0]}") from err
 
 
-def _last_blocks(model: Any, count: int) -> list[Any]:
+def _first_trained_block(model: Any, count: int) -> int:
+    """The index of the first of the last ``count`` decoder blocks (checked)."""
     from realignkit.calib.blocks import find_decoder_blocks
 
     _, blocks = find_decoder_blocks(model)
     if not 1 <= count <= len(blocks):
         raise RealignError(f"--train-last-layers must be in 1..{len(blocks)}, got {count}")
-    return list(blocks[len(blocks) - count :])
+    return len(blocks) - count
 
 
 def _train_only_last_blocks(model: Any, count: int) -> None:
     """Freeze every parameter but those of the last ``count`` decoder blocks."""
+    from realignkit.calib.blocks import find_decoder_blocks
+
+    first = _first_trained_block(model, count)
     model.requires_grad_(False)
-    for block in _last_blocks(model, count):
+    for block in find_decoder_blocks(model)[1][first:]:
         block.requires_grad_(True)
 
 
 def _linear_names_in_last_blocks(model: Any, count: int, targets: Any) -> list[str]:
     """Full names of the LoRA targets inside the last ``count`` blocks (``targets``: suffixes,
-    or "all-linear"), so peft puts adapters there only."""
-    last = {id(block) for block in _last_blocks(model, count)}
-    names, inside = [], None
-    for name, module in model.named_modules():
-        if id(module) in last:
-            inside = name + "."
-        elif inside is not None and not name.startswith(inside):
-            inside = None
-        if inside is None or not isinstance(module, torch.nn.Linear):
-            continue
-        if targets == "all-linear" or any(name.endswith(t) for t in targets):
-            names.append(name)
+    or "all-linear": every linear of a block, GPT-2's Conv1D included), so peft puts adapters
+    there only."""
+    from realignkit.calib.blocks import decoder_linears
+
+    first = _first_trained_block(model, count)
+    names = [
+        layer.name
+        for layer in decoder_linears(model)
+        if layer.block_index >= first
+        and (targets == "all-linear" or any(layer.name.endswith(t) for t in targets))
+    ]
     if not names:
         raise RealignError(f"no LoRA target {targets!r} in the last {count} blocks")
     return names

@@ -197,7 +197,8 @@ class Settings:
 
 
 def demo_settings() -> Settings:
-    """`realignkit demo`: every stage on a 2-core CPU in about a quarter of an hour."""
+    """`realignkit demo`: every stage on a CPU (2 cores: 102 CPU-min measured, over the 15-min
+    goal; see the README's demo section)."""
     return Settings(preset="demo")
 
 
