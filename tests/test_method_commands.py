@@ -19,8 +19,8 @@ from tiny import save_tiny_model
 
 from realignkit.cli import app
 from realignkit.cli.methods import method_command
+from realignkit.contract import Edit, Method, Param, WeightInputs
 from realignkit.errors import RealignError
-from realignkit.methods.base import Edit, Method, Param, WeightInputs
 from realignkit.methods.registry import load_methods
 
 # Declared methods that are another method's setting, run by that method's command.

@@ -11,7 +11,7 @@ import torch
 from helpers import assert_one_line_error, load_folder_tensors, run_cli
 from tiny import ARCHITECTURES, build_tiny_model, perturbed_copy, save_tiny_model
 
-from realignkit.methods.base import LayerInputs
+from realignkit.contract import LayerInputs
 from realignkit.methods.safedelta import SAFEDELTA, edit_layer
 
 # -- a float64 reference, entry by entry ---------------------------------------------------------

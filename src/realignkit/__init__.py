@@ -29,7 +29,7 @@ _EXPORTS = {
     "safedelta": "realignkit.api",  # safedelta
     "safemerge": "realignkit.api",  # safemerge
     "realign": "realignkit.api",  # any declared method
-    "Method": "realignkit.methods.base",
+    "Method": "realignkit.contract",
     "load_methods": "realignkit.methods.registry",
     "compute_fisher": "realignkit.calib.fisher",  # fisher
     "FisherScores": "realignkit.calib.fisher",

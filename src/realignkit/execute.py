@@ -19,7 +19,7 @@ ranking).
 Every output carries the same metadata file, ``realignkit.json``
 (:func:`realignkit.checkpoint.card.write_documents`): the method and its version, the
 realignkit version, every parameter, every input with its fingerprint, and the method's
-statistics per edited weight. The executor knows the contract (:mod:`realignkit.methods.base`)
+statistics per edited weight. The executor knows the contract (:mod:`realignkit.contract`)
 and no method: method modules stand above it.
 """
 
@@ -47,8 +47,8 @@ from realignkit.checkpoint import (
 from realignkit.checkpoint.card import described, write_documents
 from realignkit.checkpoint.stream import map_ordered
 from realignkit.checkpoint.writer import TensorSpec
+from realignkit.contract import DATA_INPUTS, Edit, LayerInputs, Method, WeightInputs
 from realignkit.errors import RealignError
-from realignkit.methods.base import DATA_INPUTS, Edit, LayerInputs, Method, WeightInputs
 from realignkit.ops.selection import is_selected, parse_include, tensor_kind
 
 PathLike = str | os.PathLike[str]

@@ -12,7 +12,7 @@ Where the figures come from:
   executor's pipeline exactly: ``workers`` threads compute ahead of the writer with at most
   ``window`` results pending, so at any moment the tensors in memory are a window of
   consecutive tensors. Each method declares its own working memory per entry
-  (:attr:`~realignkit.methods.base.Method.memory`: scratch buffers a worker keeps, plus what
+  (:attr:`~realignkit.contract.Method.memory`: scratch buffers a worker keeps, plus what
   one computation allocates and frees); which inputs a stage reads comes from the method's
   declared inputs. Bytes read and written are the tensors' byte ranges plus the headers.
 * **model stages** (``fisher``, ``eval``, ``finetune``, the calibration passes) hold the model
@@ -346,8 +346,8 @@ def weight_method_stages(
     baseline: int | None = None,
 ) -> list[Stage]:
     """The streaming pass of a declared *weight* method (:mod:`realignkit.execute`)."""
+    from realignkit.contract import default_memory
     from realignkit.execute import default_edits
-    from realignkit.methods.base import default_memory
 
     params = method.resolve(values)
     needed = method.inputs_needed(params)

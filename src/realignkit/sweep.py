@@ -76,7 +76,7 @@ DATA_KEYS = ("harmful", "calibration")
 BASELINES = ("finetuned", "aligned")
 EVAL_SET_BY_SWEEP = ("model", "adapter", "out_dir", "name", "cache_dir")
 # What hand-written recipes need beyond the aligned and fine-tuned models (checked up
-# front); declared methods say it themselves (methods/base.py).
+# front); declared methods say it themselves (contract.py).
 NEEDS: dict[str, tuple[str, ...]] = {}
 # A declared input → the sweep config keys that provide it (any one of them).
 INPUT_KEYS: dict[str, tuple[str, ...]] = {

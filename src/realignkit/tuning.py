@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from realignkit.checkpoint.output import write_json_atomic, write_text_atomic
+from realignkit.contract import Method
 from realignkit.errors import RealignError
 from realignkit.eval.stats import Rate, rate_with_interval, wilson_interval
-from realignkit.methods.base import Method
 from realignkit.methods.registry import Declaration, RealignJob, load_all, load_declarations
 
 log = logging.getLogger(__name__)

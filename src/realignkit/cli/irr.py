@@ -24,8 +24,8 @@ from realignkit.cli.options import (
     Overwrite,
     Seed,
 )
+from realignkit.contract import Method
 from realignkit.errors import RealignError
-from realignkit.methods.base import Method
 
 if TYPE_CHECKING:
     from realignkit.execute import Output

@@ -2,9 +2,9 @@
 
 The options of a command are the inputs the method declares (the fine-tuned model as
 ``--finetuned`` or ``--base``/``--adapter``, ``--safety-vector``, ``--aligned``...), then its
-parameters (name, type, range and help from :class:`~realignkit.methods.base.Param`), then
+parameters (name, type, range and help from :class:`~realignkit.contract.Param`), then
 the executor's options. A parameter's option has no default of its own: a value not given is
-left to :meth:`~realignkit.methods.base.Method.resolve`, which fills in the declared default
+left to :meth:`~realignkit.contract.Method.resolve`, which fills in the declared default
 (shown in the help) or a preset's (IRR's ``--official``), and which refuses an out-of-range
 value in one line. A new method module gets its command without an edit here; a command with
 options of its own (IRR's ``--sparsity``, Safe LoRA's ``--full``) adds them with a
@@ -34,7 +34,7 @@ from realignkit.cli.options import (
     ShardSize,
     Workers,
 )
-from realignkit.methods.base import Method, Param
+from realignkit.contract import Method, Param
 
 if TYPE_CHECKING:
     from realignkit.execute import Output

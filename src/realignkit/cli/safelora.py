@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from realignkit.cli.methods import KW, Command, method_command
+from realignkit.contract import Method
 from realignkit.errors import RealignError
-from realignkit.methods.base import Method
 from realignkit.methods.safelora import SAFELORA, SAFELORA_FULL
 
 if TYPE_CHECKING:

@@ -41,8 +41,8 @@ import torch
 
 from realignkit.calib.fisher import FISHER_MODES
 from realignkit.checkpoint import FinetunedWeights, FisherScores, SafetyVector
+from realignkit.contract import Edit, LayerInputs, Method, Param
 from realignkit.errors import RealignError
-from realignkit.methods.base import Edit, LayerInputs, Method, Param
 from realignkit.ops.masks import (
     BUDGETS,
     COUNT_ROUNDINGS,

@@ -2,7 +2,7 @@
 
 The demo, the sweep and the real-model benchmark run "every method present" through this
 registry. Every module of ``realignkit.methods`` is imported by :func:`load_all`, so a new
-method is one new module: a module-level :class:`~realignkit.methods.base.Method`
+method is one new module: a module-level :class:`~realignkit.contract.Method`
 declaration becomes a recipe (run by :mod:`realignkit.execute`) and a CLI command by itself.
 Code outside the package may still register a hand-written recipe:
 
@@ -14,7 +14,7 @@ needs, and a method may derive more from it: ``Method.job_inputs``) and an outpu
 returns where the re-aligned model is. ``params`` lets a sweep pass a method's
 hyper-parameters (for example ``{"gamma": 0.3}``), checked against their declarations.
 
-Layers: ``methods/base.py`` (the contract) < ``execute.py`` < the method modules < this
+Layers: ``contract.py`` (the method contract) < ``execute.py`` < the method modules < this
 registry < sweep, demo, CLI.
 """
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from realignkit.contract import Declares, Method, Param
 from realignkit.execute import Sources, execute
-from realignkit.methods.base import Declares, Method, Param
 
-NOT_METHODS = ("base", "registry")
+NOT_METHODS = ("registry",)
 
 
 @dataclass
@@ -159,7 +159,7 @@ def register_method(method: Method) -> Method:
 
 
 def method_modules() -> list[str]:
-    """Every module of ``realignkit.methods`` except the contract and this registry."""
+    """Every module of ``realignkit.methods`` but this registry: the method modules."""
     import realignkit.methods as package
 
     return [

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from realignkit.contract import Edit, Method, Param, WeightInputs
 from realignkit.errors import RealignError
-from realignkit.methods.base import Edit, Method, Param, WeightInputs
 from realignkit.ops.dare import DARE_STREAMS, DareStream, keep_chunks
 from realignkit.ops.scratch import scratch
 from realignkit.ops.selection import EXTRA_KINDS, parse_include

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from realignkit.methods.base import DATA_PARAMS, Edit, LayerInputs, Method, Param
+from realignkit.contract import DATA_PARAMS, Edit, LayerInputs, Method, Param
 from realignkit.ops.obs import (
     obs_recalibrate,
     output_error,

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from realignkit.contract import Edit, Method, Param, WeightInputs
 from realignkit.errors import RealignError
-from realignkit.methods.base import Edit, Method, Param, WeightInputs
 from realignkit.ops.merge import linear_merge, ties_merge
 from realignkit.ops.projection import apply_alignment_projection, frobenius_cosine
 

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 def paper_settings() -> dict[str, dict[str, Any]]:
     """Every recipe's paper setting, as the methods declare it (``paper`` on a
-    :class:`~realignkit.methods.base.Method` or a hand-written recipe's declaration): RESTA
+    :class:`~realignkit.contract.Method` or a hand-written recipe's declaration): RESTA
     γ = 0.5, with DARE p = 0.3; IRR ρ = 0.5; Safe LoRA threshold 0.5; Safe Delta s = 0.1
     (official selection); SafeMERGE τ = 0.5, linear, α = 0.5. A new method joins the demo and
     the benchmark by declaring its own."""
@@ -527,7 +527,7 @@ class Run:
                 )
 
     def needs(self, what: str) -> bool:
-        """Whether a method of the settings needs ``what`` (an input of methods/base.py)."""
+        """Whether a method of the settings needs ``what`` (an input of realignkit.contract)."""
         from realignkit.methods.registry import METHODS, load_all
 
         load_all()
