@@ -52,12 +52,19 @@ def realign(
     safety_model: PathLike | None = None,
     safety_adapter: PathLike | None = None,
     safety_data: PathLike | None = None,
+    fisher: Any = None,
+    calibration: PathLike | None = None,
     overwrite: bool = False,
     max_shard_size: str | int = "1GB",
+    workers: int = 2,
     device: str | None = None,
     **params: Any,
 ) -> Output:
-    """Run the declared method ``method`` (``realignkit <method>``) and write ``out``."""
+    """Run the declared method ``method`` (``realignkit <method>``) and write ``out``.
+
+    Every input of :data:`~realignkit.contract.INPUTS` may be given (those the method does
+    not read are ignored), so a new method module is callable here without an edit;
+    ``workers`` serves weight methods, ``device`` layer methods."""
     declared = load_methods()
     if method not in declared:
         from realignkit.errors import RealignError
@@ -73,8 +80,11 @@ def realign(
         safety_finetune=safety_model,
         safety_adapter=safety_adapter,
         safety_data=safety_data,
+        fisher=fisher,
+        calibration=calibration,
     )
-    run: dict[str, Any] = {"device": device} if declared[method].kind == "layer" else {}
+    layer = declared[method].kind == "layer"
+    run: dict[str, Any] = {"device": device} if layer else {"workers": workers}
     return execute(
         declared[method],
         sources,
@@ -99,19 +109,18 @@ def resta(
     max_shard_size: str | int = "1GB",
     workers: int = 2,
 ) -> RestaResult:
-    """Write θ_F + γ·v (optionally with DARE on the fine-tuning delta) as a model folder."""
-    from realignkit.methods.resta import RESTA
-
-    sources = _sources(finetuned, safety_vector=safety_vector)
+    """Write θ_F + γ·v (optionally with DARE on the fine-tuning delta) as a model folder:
+    :func:`realign` with RESTA's parameters typed."""
     params = {"gamma": gamma, "dare_p": dare_p, "seed": seed, "include": include or ()}
-    output = execute(
-        RESTA,
-        sources,
+    output = realign(
+        "resta",
         out,
-        params,
+        finetuned=finetuned,
+        safety_vector=safety_vector,
         overwrite=overwrite,
         max_shard_size=max_shard_size,
         workers=workers,
+        **params,
     )
     return RestaResult(output.path, output.edited, output.copied)
 
