@@ -60,6 +60,15 @@ def compute_safety_vector(
     ``dtype`` is the stored precision (default: the aligned model's own dtype per tensor);
     the difference itself is always taken in float32 or wider.
     """
+    # Not run through the executor (execute._Opened and _run_weights), on purpose: what it
+    # would share is already shared (CheckpointReader, check_same_layout, the planned
+    # CheckpointWriter and its stream), and the rest differs. Its inputs are two models, not a
+    # fine-tune θ_F: the executor opens θ_F as "the fine-tuned model" and the tests pin this
+    # command's errors naming "the aligned model" and "the unaligned model". Its output is an
+    # artifact, not a model: only the floating tensors, a low-rank v as two tensors per weight
+    # (``::left``/``::right``), no config or tokenizer, and the safety_vector.json index that
+    # SafetyVector reads, written by SafetyVector.write as Fisher scores are. Routing it would
+    # give the executor a third output form beside models and adapters for one caller.
     if (unaligned is None) == (unaligned_adapter is None):
         raise RealignError("give exactly one of --unaligned or --unaligned-adapter")
     with ExitStack() as stack:
