@@ -156,6 +156,13 @@ def main() -> None:
         default=None,
         help="A virtual env with mergekit installed (default: $MERGEKIT_VENV).",
     )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="Keep the shape's tensors but use this many decoder blocks (less disk; the "
+        "per-tensor costs stay those of the full shape).",
+    )
     parser.add_argument("--gamma", type=float, default=0.5)
     parser.add_argument(
         "--skip-old-stream",
@@ -173,7 +180,9 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-resta-"))
     work.mkdir(parents=True, exist_ok=True)
-    shape = SHAPES[args.shape]
+    shape = dict(SHAPES[args.shape])
+    if args.layers is not None:
+        shape["num_hidden_layers"] = args.layers
     per_checkpoint = 2 * sum(
         v
         for v in (
@@ -336,7 +345,8 @@ def main() -> None:
         print("mergekit: no venv given (--mergekit-venv or $MERGEKIT_VENV); skipped")
 
     print(
-        f"\nshape {args.shape}: {size_gb:.2f} GB per checkpoint (bf16), {os.cpu_count()} CPUs, "
+        f"\nshape {args.shape} ({shape['num_hidden_layers']} blocks): {size_gb:.2f} GB per "
+        f"checkpoint (bf16), {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}\n"
     )
     print(
@@ -368,6 +378,7 @@ def main() -> None:
     print(f"\nload average at the end: {load:.1f} (other processes share the cores)")
     figures = {
         "shape": args.shape,
+        "layers": shape["num_hidden_layers"],
         "gb_per_checkpoint": size_gb,
         "columns": ["step", "wall_s", "peak_rss_gb", "cold_read_s", "write_floor_s"],
         "rows": rows,

@@ -7,14 +7,15 @@
     check (finite, dtype = the fine-tuned tensor's) ─ shards (atomic) ─ card ─ realignkit.json
 
 *Weight* methods stream: a few tensors in memory whatever the model size, read ahead by a
-thread pool; an optional first pass scores every weight for one global choice. A method
-declared ``adapter_form`` and given a LoRA adapter writes an adapter (same keys and config,
-new B factors) instead of a model. *Layer* methods run a model (the aligned one, or θ_F) on
-their data block after block (:func:`realignkit.calib.hessian.edit_blockwise`), hand each
-linear layer's Hessian to the method, put the edited weight back into the running model
-(later blocks see it) and write it; a setting that needs no Hessian visits the layers without
-running anything, and an optional ``prepare`` pass streams every layer first (IRR's global
-ranking).
+reader thread, computed by a thread pool and written behind by a writer thread
+(:mod:`realignkit.checkpoint.stream`); an optional first pass scores every weight for one
+global choice. A method declared ``adapter_form`` and given a LoRA adapter writes an adapter
+(same keys and config, new B factors) instead of a model. *Layer* methods run a model (the
+aligned one, or θ_F) on their data block after block
+(:func:`realignkit.calib.hessian.edit_blockwise`), hand each linear layer's Hessian to the
+method, put the edited weight back into the running model (later blocks see it) and write it;
+a setting that needs no Hessian visits the layers without running anything, and an optional
+``prepare`` pass streams every layer first (IRR's global ranking).
 
 Every output carries the same metadata file, ``realignkit.json``
 (:func:`realignkit.checkpoint.card.write_documents`): the method and its version, the
@@ -427,8 +428,9 @@ def _run_weights(
         # First pass: a score per edited weight (nothing kept), then one global choice.
         scan = method.scan
         for name, score in map_ordered(
-            lambda n: scan(inputs_of(n), params),
+            lambda given: scan(given, params),
             selected,
+            load=inputs_of,
             workers=workers,
             desc=f"{method.name} (scores)",
             weights=weights.nbytes,
@@ -445,11 +447,12 @@ def _run_weights(
         edits = {name: name for name in selected}
         keys, read, size = weights.names, weights.get, weights.nbytes
 
-    def realign(key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    def load(key: str) -> tuple[str, torch.Tensor, WeightInputs | None]:
+        """Every input of one output tensor, read (in the reader thread: ahead of compute)."""
         stored = read(key)
         name = edits.get(key)
         if name is None:
-            return {key: stored}, None
+            return key, stored, None
         given = (
             inputs_of(name)
             if adapter is not None
@@ -457,6 +460,14 @@ def _run_weights(
         )
         if chosen is not None:
             given.score, given.chosen = scores[name], name in chosen
+        return key, stored, given
+
+    def realign(
+        loaded: tuple[str, torch.Tensor, WeightInputs | None],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+        key, stored, given = loaded
+        if given is None:
+            return {key: stored}, None
         edit = edit_weight(given, params)
         return {key: _checked(key, edit, stored)}, edit.stats
 
@@ -474,7 +485,7 @@ def _run_weights(
         )
     with writer:
         for key, stats in writer.stream(
-            realign, keys, workers=workers, desc=method.name, weights=size
+            realign, keys, workers=workers, desc=method.name, weights=size, load=load
         ):
             if key in edits:
                 output.edited.append(edits[key])
@@ -657,7 +668,9 @@ def _run_layers(
                 edit(layer, name, None)
         edited = set(output.edited)
         rest = [name for name in weights.names if name not in edited]
-        for name, _ in writer.stream(lambda n: ({n: weights.get(n)}, None), rest):
+        for name, _ in writer.stream(
+            lambda named: (dict([named]), None), rest, load=lambda n: (n, weights.get(n))
+        ):
             output.copied.append(name)
         writer.copy_support_files(*weights.support_dirs)
         extra = {f"{method.data.replace('_', ' ')} tokens": tokens} if runs_model else {}

@@ -49,7 +49,7 @@ GIB = 2**30
 # What a run adds to its imports besides tensors: worker threads' stacks and malloc arenas,
 # file buffers, the card and metadata (measured: 1.5-3 MiB on SmolLM2's streaming commands).
 RUNTIME_BYTES = 16 * 2**20
-WINDOW = 4  # results pending in checkpoint.stream.map_ordered (its default)
+WINDOW = 4  # results pending in checkpoint.stream.map_ordered without overlap (its default)
 _SIZES = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _SIZES.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40})
 
@@ -310,24 +310,55 @@ def stream_peak(
     held_out: Mapping[str, int],
     persistent: int,
     workers: int,
+    overlap: bool | None = None,
 ) -> int:
     """Bytes a streaming pass holds at its worst moment (beyond the process's fixed cost).
 
     ``held_in[n]``: what computing ``n`` holds while it runs (its inputs and transient
-    buffers); ``held_out[n]``: its result, held until written. At most ``WINDOW`` results
-    are pending plus the one being written, all consecutive in ``order``, and at most
-    ``workers`` of them are computing; ``persistent`` is the scratch the workers keep.
+    buffers); ``held_out[n]``: its result, held until written; ``persistent`` is the scratch
+    the workers keep. The tensors in memory are consecutive in ``order``
+    (:mod:`realignkit.checkpoint.stream`'s pipeline):
+
+    * with ``overlap`` (default: :func:`~realignkit.checkpoint.stream.overlap_enabled`): the
+      result being written, ``WRITE_BEHIND`` waiting for the writer thread and one in the
+      caller's hand; ``workers`` computing (inputs and result); the ``READ_AHEAD`` loaded
+      inputs waiting and the one the reader thread is loading;
+    * without: ``WINDOW`` results pending plus the one being written, at most ``workers`` of
+      them computing.
     """
+    from realignkit.checkpoint.stream import READ_AHEAD, WRITE_BEHIND, overlap_enabled
+
     if not order:
         return 0
-    span = (WINDOW if workers > 1 else 0) + 1
+    overlap = overlap_enabled() if overlap is None else overlap
+    computing = max(workers, 1)
     worst = 0
+    if overlap:
+        written, reading = WRITE_BEHIND + 2, READ_AHEAD + 1
+        for start in range(len(order)):
+            span = order[start : start + written + computing + reading]
+            outs = sum(held_out[n] for n in span[: written + computing])
+            running = sum(held_in[n] for n in span[written : written + computing])
+            # a loaded copy-through tensor is its own result: held_in is 0 for it
+            loaded = sum(max(held_in[n], held_out[n]) for n in span[written + computing :])
+            worst = max(worst, outs + running + loaded)
+        return worst + persistent + RUNTIME_BYTES
+    span_length = (WINDOW if workers > 1 else 0) + 1
     for start in range(len(order)):
-        window = order[start : start + span]
+        window = order[start : start + span_length]
         outs = sum(held_out[n] for n in window)
-        running = sorted((held_in[n] for n in window), reverse=True)[: max(workers, 1)]
+        running = sorted((held_in[n] for n in window), reverse=True)[:computing]
         worst = max(worst, outs + sum(running))
     return worst + persistent + RUNTIME_BYTES
+
+
+def stream_detail(workers: int) -> str:
+    """The pipeline :func:`stream_peak` plans, in words."""
+    from realignkit.checkpoint.stream import READ_AHEAD, WRITE_BEHIND, overlap_enabled
+
+    if overlap_enabled():
+        return f"{READ_AHEAD} read ahead, {workers} workers, {WRITE_BEHIND} written behind"
+    return f"{workers} workers, {WINDOW} results pending"
 
 
 def largest_sum(sizes: Mapping[str, int], count: int) -> int:
@@ -405,8 +436,7 @@ def weight_method_stages(
             written_bytes=output_bytes(ft, ft.names, max_shard_size) + support,
             host_bytes=fixed + held,
             fixed_bytes=fixed,
-            detail=f"{workers} workers, {WINDOW} results pending; reads "
-            + ", ".join(["finetuned", *others]),
+            detail=f"{stream_detail(workers)}; reads " + ", ".join(["finetuned", *others]),
         )
     ]
 
@@ -435,7 +465,7 @@ def safety_vector_stages(
             written_bytes=output_bytes(a, a.names, max_shard_size),
             host_bytes=fixed + held,
             fixed_bytes=fixed,
-            detail=f"{workers} workers, {WINDOW} results pending",
+            detail=stream_detail(workers),
         )
     ]
 

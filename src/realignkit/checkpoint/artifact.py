@@ -101,7 +101,7 @@ class ArtifactFolder:
     def write(
         cls,
         writer: CheckpointWriter,
-        produce: Callable[[str], tuple[Mapping[str, torch.Tensor], Any]],
+        produce: Callable[[Any], tuple[Mapping[str, torch.Tensor], Any]],
         names: Sequence[str],
         *,
         meta: Mapping[str, Any],
@@ -110,19 +110,21 @@ class ArtifactFolder:
         desc: str | None = None,
         weights: Callable[[str], int] | None = None,
         files: Mapping[str, str] | None = None,
+        load: Callable[[str], Any] | None = None,
     ) -> dict[str, Any]:
         """Write one artifact folder through ``writer`` (made, not entered, by the caller, so
         that a bad output location is refused before any work), all or nothing.
 
-        ``produce(name)`` gives the stored tensors of ``name`` and its index entry, streamed
-        by :meth:`CheckpointWriter.stream`; then the index (``format``, ``version``, the
+        ``produce(name)`` (``produce(load(name))`` with a ``load``, run ahead in the reader
+        thread) gives the stored tensors of ``name`` and its index entry, streamed by
+        :meth:`CheckpointWriter.stream`; then the index (``format``, ``version``, the
         realignkit version, ``meta``, ``tensors``), the text ``files``, the card and
         ``realignkit.json`` (``inputs``: role → path). Returns the index.
         """
         entries: dict[str, Any] = {}
         with writer:
             for name, entry in writer.stream(
-                produce, names, workers=workers, desc=desc, weights=weights
+                produce, names, workers=workers, desc=desc, weights=weights, load=load
             ):
                 entries[name] = entry
             index = {"format": cls.format, "version": 1, "realignkit_version": __version__}

@@ -18,7 +18,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +38,7 @@ from realignkit.checkpoint.output import (
     temporary_name,
 )
 from realignkit.checkpoint.reader import SAFETENSORS_DTYPES
-from realignkit.checkpoint.stream import map_ordered
+from realignkit.checkpoint.stream import WriteBehind, map_ordered, overlap_enabled
 from realignkit.errors import RealignError
 
 T = TypeVar("T")
@@ -169,6 +169,8 @@ class CheckpointWriter:
         self._planned_shards: list[list[TensorSpec]] = []
         self._position = 0  # next planned tensor
         self._shard_file: ShardFile | None = None
+        self._behind: WriteBehind[Mapping[str, torch.Tensor]] | None = None  # during stream
+        self._results: Generator[Any, None, None] | None = None  # the stream's pipeline
         if self._plan is not None:
             self._planned_shards = split_shards(self._plan, self.max_shard_bytes)
         self._shard_of = {s.name: i for i, shard in enumerate(self._planned_shards) for s in shard}
@@ -214,6 +216,8 @@ class CheckpointWriter:
 
     def _discard(self) -> None:
         """Delete the unfinished temporary folder (the destination was never touched)."""
+        # A stream left suspended (its caller failed between two tensors): its threads first.
+        self._stop_stream()
         if self._shard_file is not None:
             # Its staged tail is not written: irrelevant, the file goes.
             with contextlib.suppress(OSError):
@@ -253,27 +257,66 @@ class CheckpointWriter:
 
     def stream(
         self,
-        produce: Callable[[str], tuple[Mapping[str, torch.Tensor], T]],
+        produce: Callable[[Any], tuple[Mapping[str, torch.Tensor], T]],
         names: Sequence[str],
         *,
         workers: int = 1,
         desc: str | None = None,
         weights: Callable[[str], int] | None = None,
+        load: Callable[[str], Any] | None = None,
+        overlap: bool | None = None,
     ) -> Iterator[tuple[str, T]]:
-        """The one streaming loop of every output: ``produce(name)`` gives the tensors to store
-        for ``name`` (by their stored names) and anything else about it; ``workers`` threads
-        compute ahead (:func:`~realignkit.checkpoint.stream.map_ordered`), the tensors are
-        added in the order of ``names``, and ``(name, anything else)`` is yielded after each.
+        """The one streaming loop of every output: ``produce(load(name))`` (``produce(name)``
+        without ``load``) gives the tensors to store for ``name`` (by their stored names) and
+        anything else about it; the tensors are added in the order of ``names``, and
+        ``(name, anything else)`` is yielded after each.
 
-        Memory holds the few tensors computed ahead plus the shard being filled, whatever the
-        number of names.
+        The pipeline is :mod:`realignkit.checkpoint.stream`'s: with ``overlap`` (default:
+        :func:`~realignkit.checkpoint.stream.overlap_enabled`) a reader thread runs ``load``
+        ahead, ``workers`` threads compute, and a writer thread adds the results while the
+        next ones are computed (what a caller sees after the loop is all written). Memory
+        holds the few tensors in the pipeline's queues plus the shard being filled, whatever
+        the number of names.
         """
-        for name, (tensors, info) in map_ordered(
-            produce, names, workers=workers, desc=desc, weights=weights
-        ):
-            for key, tensor in tensors.items():
-                self.add(key, tensor)
-            yield name, info
+        overlap = overlap_enabled() if overlap is None else overlap
+        results = map_ordered(
+            produce,
+            names,
+            workers=workers,
+            desc=desc,
+            weights=weights,
+            load=load,
+            overlap=overlap,
+        )
+        self._results = results
+        try:
+            if not overlap:
+                for name, (tensors, info) in results:
+                    self._add_all(tensors)
+                    yield name, info
+                return
+            self._behind = WriteBehind(self._add_all)
+            for name, (tensors, info) in results:
+                self._behind.put(tensors)
+                yield name, info
+            self._behind.finish()
+        finally:
+            self._stop_stream()
+
+    def _add_all(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        for key, tensor in tensors.items():
+            self.add(key, tensor)
+
+    def _stop_stream(self) -> None:
+        """Stop a stream's threads: wait for the writer thread's write in progress and drop
+        what is queued (nothing touches the temporary folder afterwards), stop the reader
+        thread and the workers (nothing reads the inputs once they are closed)."""
+        if self._behind is not None:
+            self._behind.stop()
+            self._behind = None
+        if self._results is not None:
+            self._results.close()
+            self._results = None
 
     def _write_planned(self, name: str, tensor: torch.Tensor) -> None:
         """Append one planned tensor to its shard file (opening the shard, header first)."""

@@ -118,11 +118,18 @@ def compute_safety_vector(
             entry.update(transpose=f.transpose, rank=int(right.shape[0]))
             return {name + LEFT: left, name + RIGHT: right}, entry
 
-        def stored(name: str) -> Stored:
+        def load(name: str) -> tuple[str, tuple[torch.Tensor, torch.Tensor] | None]:
+            """Both dense tensors of ``name`` (in the reader thread: ahead of compute)."""
             if name in lowrank:
+                return name, None  # the factors are small: read where they are used
+            return name, (aligned_ckpt.get(name), other.get(name))
+
+        def stored(loaded: tuple[str, tuple[torch.Tensor, torch.Tensor] | None]) -> Stored:
+            name, dense = loaded
+            if dense is None:
                 return factors(name)
-            a = aligned_ckpt.get(name)
-            v = widened_difference(a, other.get(name), dtype or a.dtype)
+            a, b = dense
+            v = widened_difference(a, b, dtype or a.dtype)
             return {name: v}, {"shape": list(v.shape), "lowrank": False}
 
         writer = CheckpointWriter(
@@ -136,6 +143,7 @@ def compute_safety_vector(
             meta=meta,
             inputs={k: meta[k] for k in inputs if k in meta},
             workers=workers if plan is not None else 1,
+            load=load,
             desc="safety vector" if plan is not None else None,
             weights=aligned_ckpt.nbytes if plan is not None else None,
         )
