@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -182,7 +183,8 @@ def test_a_limit_below_the_peak_is_refused_and_one_above_fits(tiny_world):
 def smol_world(smollm2_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("smol")
     unaligned = noisy_copy(smollm2_dir, root / "unaligned", seed=2)
-    return smollm2_dir, unaligned, root
+    yield smollm2_dir, unaligned, root
+    shutil.rmtree(root)  # four SmolLM2 copies: not kept for the rest of the session
 
 
 @pytest.mark.slow

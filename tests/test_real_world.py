@@ -226,7 +226,8 @@ def test_missing_model_package_is_one_clear_line(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_reduced_run_on_smollm2_end_to_end_and_resumes(smollm2_dir, shared_data, tmp_path):
     out = tmp_path / "rw"
-    result = run_real(out, preset="tiny", data_dir=shared_data, threads=1)
+    # keep_models=False: each re-aligned model goes once evaluated (the run fits a small disk)
+    result = run_real(out, preset="tiny", data_dir=shared_data, threads=1, keep_models=False)
 
     align = [json.loads(line) for line in (out / "data" / "align.jsonl").open()]
     harmful = [r for r in align if r["kind"] == "harmful"]
@@ -259,11 +260,18 @@ def test_reduced_run_on_smollm2_end_to_end_and_resumes(smollm2_dir, shared_data,
     text = result.results_md.read_text()
     assert "ft-lora + resta" in text and "significant" in text
     assert (out / "safety_utility.png").is_file()
+    for kind in ("ft-full", "ft-lora"):
+        variants = out / "sweeps" / kind / "variants"
+        assert sorted(p.name for p in variants.iterdir()) == [
+            "resta-gamma=0.5.json",
+            "safelora-threshold=0.5.json",
+            "safemerge-threshold=0.5.json",
+        ], "only the build records stay"
 
     # Rerunning resumes: every stage is found done, nothing is rebuilt or re-evaluated.
     stamp = (out / "sweeps" / "ft-lora" / "results.jsonl").stat().st_mtime_ns
     timings = (out / "timings.json").read_text()
-    run_real(out, preset="tiny", data_dir=shared_data, threads=1)
+    run_real(out, preset="tiny", data_dir=shared_data, threads=1, keep_models=False)
     assert (out / "timings.json").read_text() == timings
     assert (out / "sweeps" / "ft-lora" / "results.jsonl").stat().st_mtime_ns == stamp
     shutil.rmtree(out)  # a few GB of float32 models; kept only when the test fails

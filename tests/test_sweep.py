@@ -11,6 +11,7 @@ import torch
 from helpers import assert_one_line_error, folder_digest, load_folder_tensors, run_cli
 from tiny import build_tiny_model, perturbed_copy, save_tiny_model
 
+from realignkit.errors import RealignError
 from realignkit.sweep import load_config, pareto_front, run_sweep, variant_id
 
 # -- the Pareto front (pure) ----------------------------------------------------------------------
@@ -207,6 +208,46 @@ def test_rerun_does_only_what_is_missing(tmp_path: Path, world: dict[str, Path])
     third = run_sweep(config, out, evaluate_fn=fake_evaluate)
     assert (third.built, third.evaluated) == (0, 5)
     assert {c[2]["limit"] for c in calls} == {3}
+
+
+def test_keep_models_false_deletes_each_variant_once_its_result_is_recorded(
+    tmp_path: Path, world: dict[str, Path]
+) -> None:
+    """The disk of one model for a sweep of many: every variant is built from scratch, scored,
+    then its weights go; the build record stays and a rerun neither builds nor evaluates."""
+    present_when_evaluated: dict[str, bool] = {}
+
+    def fake_evaluate(model, *, adapter, out_dir, name, cache_dir, safety, utility):
+        if name.startswith("resta"):
+            present_when_evaluated[name] = (Path(model) / "config.json").is_file()
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return {"scores": {"harmfulness": 0.5, "utility": 0.5}, "metrics": {}}
+
+    config = {
+        "models": {"aligned": world["A"], "unaligned": world["U"], "finetuned": world["A"]},
+        "methods": {"resta": {"gamma": [0.3, 0.8]}},
+        "eval": {"safety": ["harmful:x"], "utility": ["qa:y"]},
+        "keep_models": False,
+    }
+    out = tmp_path / "out"
+    first = run_sweep(config, out, evaluate_fn=fake_evaluate)
+    assert (first.built, first.evaluated) == (2, 4)
+    assert present_when_evaluated == {"resta-gamma=0.3": True, "resta-gamma=0.8": True}
+    assert sorted(p.name for p in (out / "variants").iterdir()) == [
+        "resta-gamma=0.3.json",
+        "resta-gamma=0.8.json",
+    ]
+    assert world["A"].is_dir() and world["U"].is_dir()  # inputs are never deleted
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    again = run_sweep(config, out, evaluate_fn=must_not_run)
+    assert (again.built, again.evaluated) == (0, 0)
+
+    config["keep_models"] = "no"
+    with pytest.raises(RealignError, match="keep_models must be true or false"):
+        run_sweep(config, out, evaluate_fn=must_not_run)
 
 
 # -- bad configs: one line, exit 2 ---------------------------------------------------------------

