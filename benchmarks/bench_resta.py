@@ -20,7 +20,9 @@ output's bytes and fsyncing them, as realignkit does before renaming its output 
 and the start-up of a fresh realignkit process: where the disk writes slower than it reads,
 the write floor is the real limit, and
 the last columns give wall / max(read, write) (the floor when reading and writing overlap
-perfectly) and wall / (read + write) (no overlap at all).
+perfectly) and wall / (read + write) (no overlap at all). For RESTA and DARE it also times
+reading the inputs while the output's bytes are written on the same disk, the floor a
+streaming merge meets when reads and writes slow each other.
 
 Disk: the three inputs, the safety vector and one output at a time (the unaligned model is
 deleted once the safety vector is made when mergekit is not run, since nothing else reads it):
@@ -123,8 +125,8 @@ def write_seconds(nbytes: int, folder: Path) -> float:
 def read_while_writing_seconds(paths: list[Path], nbytes: int, folder: Path) -> float:
     """Time to read the input files cold while ``nbytes`` are written and fsynced beside
     them, in two threads at once: the floor of a streaming merge whose inputs and output share
-    one disk (on this project's VM disk each slows the other: 27 GB read in 37-69 s alone,
-    90 s while 13.5 GB were written)."""
+    one disk (on this project's VM disk each slows the other: 27 GB read in 37-104 s alone,
+    84-90 s while 13.5 GB were written)."""
     evict(paths)
     threads = [
         threading.Thread(target=cold_read_seconds, args=(paths, False)),
