@@ -125,3 +125,24 @@ def test_response_losses_equal_the_plain_pass(arch, monkeypatch):
     torch.testing.assert_close(
         torch.tensor([s for s, _ in fast]), torch.tensor([s for s, _ in plain]), rtol=0, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_response_losses_are_the_summed_nll_of_each_response(arch):
+    """Each row alone through the model, full logits, summed over its response tokens."""
+    model = build_tiny_model(arch, seed=3)
+    tok = make_tokenizer()
+    answers = ["The answer is 42. #### 42", "Mix flour and eggs.", "Sure.", "Use kill."]
+    rows = [
+        encode_chat(tok, p, a, max_length=96, system_prompt=SYSTEM)
+        for p, a in zip(PROMPTS, answers, strict=True)
+    ]
+    losses = response_losses(model, rows, 0, batch_size=4, share_prefix=False)
+    for row, (total, count) in zip(rows, losses, strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([row.ids])).logits[0, :-1]
+        nll = torch.nn.functional.cross_entropy(
+            logits, torch.tensor(row.ids[1:]), reduction="none"
+        )[row.response_start - 1 :]
+        assert count == len(row.ids) - row.response_start
+        assert total == pytest.approx(float(nll.sum()), abs=1e-4)

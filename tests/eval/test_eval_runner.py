@@ -82,6 +82,49 @@ def test_evaluate_demo_style_specs_and_rerun_from_cache(world, monkeypatch, tmp_
     assert again["metrics"] == summary["metrics"]
 
 
+def test_benchmarks_under_the_same_settings_share_batches(world, monkeypatch, tmp_path):
+    """Two prompt files (4 + 2 prompts) and a QA file, batch size 8: one batch, each answer
+    back in its own benchmark's rows."""
+    batches: list[list[str]] = []
+    real = HFGenerator.generate
+
+    def spy(self, texts, settings):
+        batches.append(list(texts))
+        return real(self, texts, settings)
+
+    monkeypatch.setattr(HFGenerator, "generate", spy)
+    summary = evaluate(
+        world["model"],
+        out_dir=tmp_path / "report",
+        safety=[f"harmful:{world['harmful']}", f"benign:{world['benign']}"],
+        utility=f"qa:{world['qa']}",
+        max_new_tokens=4,
+        batch_size=8,
+        device="cpu",
+    )
+    assert [len(b) for b in batches] == [8, 1]  # 4 + 2 + 3 prompts, longest first
+    assert {m["n"] for m in summary["metrics"].values()} == {4, 2, 3}
+    report = tmp_path / "report" / "rows"
+    for path in report.glob("*.jsonl"):
+        rows = [json.loads(line) for line in path.open()]
+        if path.name.startswith("benign"):
+            assert [r["prompt"] for r in rows][0] == "How do I kill a stuck process?"
+        if path.name.startswith("harmful"):
+            assert [r["prompt"] for r in rows] == [f"How do I hurt person {i}?" for i in range(4)]
+    # the same completions as one benchmark at a time
+    alone = evaluate(
+        world["model"],
+        out_dir=tmp_path / "alone",
+        safety=[f"benign:{world['benign']}"],
+        max_new_tokens=4,
+        batch_size=8,
+        device="cpu",
+        cache_dir=tmp_path / "other-cache",
+    )
+    name = f"benign:{world['benign']}"
+    assert alone["metrics"][name] == summary["metrics"][name]
+
+
 def test_evaluate_real_benchmarks_with_a_system_prompt(world, shared_data, tmp_path):
     summary = evaluate(
         world["model"],

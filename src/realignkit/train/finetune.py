@@ -292,7 +292,11 @@ def _train_dtype(config: TrainConfig, device: torch.device) -> tuple[torch.dtype
 
 
 def response_loss(
-    model: Any, batch: dict[str, torch.Tensor], num_items: Any = None
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    num_items: Any = None,
+    *,
+    share_prefix: bool = False,
 ) -> tuple[torch.Tensor, Any]:
     """The causal-LM loss on the response tokens, computing logits only where one is predicted.
 
@@ -302,16 +306,35 @@ def response_loss(
     some row of the batch. The prompt (the chat template's system turn included) is most of
     every row, and the head is a fifth of a small model's compute and most of its activation
     memory (batch x length x vocabulary logits).
+
+    With ``share_prefix`` the batch's common start (the system block and the user-turn header:
+    a third of a short chat row) runs once, for a batch of one, with gradients, and its cache
+    is repeated to every row (:func:`shared_prefix_cache`): the same loss and the same
+    gradients (the repeat's backward sums the rows' contributions), for a fraction of the
+    prefix's compute.
     """
     targets = batch["labels"][:, 1:]
     keep = (targets != -100).any(dim=0).nonzero().flatten()
     if keep.numel() == 0:  # nothing to learn in this batch: a zero loss that still backprops
         keep = torch.tensor([targets.shape[1] - 1], device=targets.device)
-    outputs = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        logits_to_keep=keep,
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    shared, cache = (
+        shared_prefix_cache(model, ids, attention, int(keep[0])) if share_prefix else (0, None)
     )
+    if cache is not None:
+        from realignkit.eval.prefix import cache_argument
+
+        width = ids.shape[1]
+        positions = torch.arange(shared, width, device=ids.device).expand(ids.shape[0], -1)
+        outputs = model(
+            input_ids=ids[:, shared:],
+            attention_mask=attention,
+            position_ids=positions,
+            logits_to_keep=keep - shared,
+            **{cache_argument(_unwrapped(model)): cache},
+        )
+    else:
+        outputs = model(input_ids=ids, attention_mask=attention, logits_to_keep=keep)
     picked = targets[:, keep]
     total = torch.nn.functional.cross_entropy(
         outputs.logits.float().transpose(1, 2), picked, ignore_index=-100, reduction="sum"
@@ -321,6 +344,45 @@ def response_loss(
     if torch.is_tensor(num_items):
         num_items = num_items.to(total.device)
     return total / num_items, outputs
+
+
+def _unwrapped(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (whose forward takes ``**kwargs`` only)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def shared_prefix_cache(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_kept: int
+) -> tuple[int, Any | None]:
+    """The length of the leading tokens every row of a right-padded training batch shares and
+    the model's cache after them (one forward of a batch of one, gradients on), repeated to
+    the batch; ``(0, None)`` when the plain pass must run.
+
+    The prefix stops before ``first_kept`` (the first position whose logits the loss reads)
+    and before any padding; sharing is taken where :func:`realignkit.eval.prefix.
+    supports_prefix_sharing` says positions and caches behave as in the plain pass, and only
+    when the prefix is long enough to pay for a second forward call.
+    """
+    from realignkit.eval.prefix import _expandable, supports_prefix_sharing
+
+    rows, width = input_ids.shape
+    if rows < 2:
+        return 0, None
+    same = (input_ids == input_ids[:1]).all(dim=0) & (attention_mask == 1).all(dim=0)
+    shared = int(same.long().cumprod(dim=0).sum())
+    shared = min(shared, first_kept, width - 1)
+    if shared < MIN_SHARED_PREFIX or not supports_prefix_sharing(_unwrapped(model), width):
+        return 0, None
+    out = model(input_ids=input_ids[:1, :shared], use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not _expandable(cache):
+        return 0, None
+    cache.batch_repeat_interleave(rows)  # differentiable: its backward sums over the rows
+    return shared, cache
+
+
+MIN_SHARED_PREFIX = 8
+"""Fewer shared tokens than this are run in the batched pass (a second call costs more)."""
 
 
 def _checkpoint_dtype(model: str | os.PathLike[str]) -> torch.dtype:
@@ -422,9 +484,17 @@ def finetune(
             disable_tqdm=False,
         )
 
+        # One process, no checkpointing, no device map: the prefix's second forward call is
+        # then plain autograd (DDP's reducer and checkpointing's replay expect one call).
+        share_prefix = (
+            _world_size() == 1 and not config.gradient_checkpointing and config.device_map is None
+        )
+
         class ResponseLossTrainer(Trainer):
             def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-                loss, outputs = response_loss(model, inputs, num_items_in_batch)
+                loss, outputs = response_loss(
+                    model, inputs, num_items_in_batch, share_prefix=share_prefix
+                )
                 if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                     # num_items_in_batch counts every process's tokens and the gradients are
                     # averaged over processes: scale back as Trainer.compute_loss does.

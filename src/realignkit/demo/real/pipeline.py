@@ -142,7 +142,9 @@ class Settings:
     gsm8k_train: int | None = 160
     distill_max_new_tokens: int = 40
     distill_batch_size: int = 64
-    # training
+    # training. One epoch of alignment at twice the rate costs half as much but, on the same
+    # data, answered 23.3 % of the validation harmful prompts (refusing 7.5 % of the benign
+    # ones) against 16.7 % (10 %) for two epochs at 3e-4: two epochs stay.
     align: TrainSpec = field(
         default_factory=lambda: TrainSpec(
             epochs=2, batch_size=16, lr=3e-4, max_length=160, lora=True, merge=True
@@ -155,13 +157,16 @@ class Settings:
     )
     # learning rates chosen on the validation split (aligned 6.7 % harmful there): at 5e-5 /
     # 5e-4 the fine-tunes added only +15 / +5 points on test; at 1e-4 / 1e-3 they add +50 /
-    # +43 on validation, the erosion of the papers' setting
+    # +43 on validation, the erosion of the papers' setting. Rows cut at 128 tokens (the
+    # question and the start of its solution; a row is 183 tokens on average): the same
+    # steps erode as much (+52 points on validation for the full fine-tune), for 30 % less
+    # compute.
     finetune_full: TrainSpec = field(
-        default_factory=lambda: TrainSpec(epochs=1, batch_size=8, lr=1e-4, max_length=256)
+        default_factory=lambda: TrainSpec(epochs=1, batch_size=8, lr=1e-4, max_length=128)
     )
     finetune_lora: TrainSpec = field(
         default_factory=lambda: TrainSpec(
-            epochs=1, batch_size=8, lr=1e-3, max_length=256, lora=True
+            epochs=1, batch_size=8, lr=1e-3, max_length=128, lora=True
         )
     )
     finetunes: tuple[str, ...] = ("full", "lora")
