@@ -25,7 +25,7 @@ def demo_command(
     preset: Annotated[
         str,
         Opt(
-            help="Real world: demo (2 CPU cores: about an hour), benchmark (CPU, hours), "
+            help="Real world: demo (2 CPU cores: about 35 min), benchmark (CPU, hours), "
             "gpu (one GPU)."
         ),
     ] = "demo",

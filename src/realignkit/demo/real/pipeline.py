@@ -202,8 +202,8 @@ class Settings:
 
 
 def demo_settings() -> Settings:
-    """`realignkit demo`: every stage on a CPU (2 cores: 102 CPU-min measured, over the 15-min
-    goal; see the README's demo section)."""
+    """`realignkit demo`: every stage on a CPU (2 cores: 36 min wall / 67 CPU-min measured, over
+    the 15-min goal; see the README's demo section)."""
     return Settings(preset="demo")
 
 
