@@ -100,17 +100,22 @@ def test_a_sliding_window_shorter_than_the_sequence_runs_the_plain_path(taken):
     assert shared_prefix_length(wide, batch, total_length=100) == common_prefix_length(batch)
 
 
+def _answer_rows():
+    """The prompts with a short answer each, encoded with the system prompt (loss rows)."""
+    tok = make_tokenizer()
+    answers = ["The answer is 42. #### 42", "Mix flour and eggs.", "Sure.", "Use kill."]
+    return [
+        encode_chat(tok, p, a, max_length=96, system_prompt=SYSTEM)
+        for p, a in zip(PROMPTS, answers, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_response_losses_equal_the_plain_pass(arch, monkeypatch):
     import realignkit.eval.prefix as prefix_module
 
     model = build_tiny_model(arch, seed=3)
-    tok = make_tokenizer()
-    answers = ["The answer is 42. #### 42", "Mix flour and eggs.", "Sure.", "Use kill."]
-    rows = [
-        encode_chat(tok, p, a, max_length=96, system_prompt=SYSTEM)
-        for p, a in zip(PROMPTS, answers, strict=True)
-    ]
+    rows = _answer_rows()
     plain = response_losses(model, rows, 0, batch_size=3, share_prefix=False)
     shared: list[int] = []
     original = prefix_module.shared_prefix_length
@@ -131,12 +136,7 @@ def test_response_losses_equal_the_plain_pass(arch, monkeypatch):
 def test_response_losses_are_the_summed_nll_of_each_response(arch):
     """Each row alone through the model, full logits, summed over its response tokens."""
     model = build_tiny_model(arch, seed=3)
-    tok = make_tokenizer()
-    answers = ["The answer is 42. #### 42", "Mix flour and eggs.", "Sure.", "Use kill."]
-    rows = [
-        encode_chat(tok, p, a, max_length=96, system_prompt=SYSTEM)
-        for p, a in zip(PROMPTS, answers, strict=True)
-    ]
+    rows = _answer_rows()
     losses = response_losses(model, rows, 0, batch_size=4, share_prefix=False)
     for row, (total, count) in zip(rows, losses, strict=True):
         with torch.no_grad():

@@ -112,13 +112,19 @@ def _expandable(cache: Any) -> bool:
     return all(type(layer) in allowed for layer in layers)
 
 
-def prefix_cache(model: Any, prefix: Sequence[int], batch_size: int) -> Any | None:
+def prefix_cache(
+    model: Any, prefix: Sequence[int], batch_size: int, *, grad: bool = False
+) -> Any | None:
     """The model's cache after ``prefix`` (one forward of a batch of one), repeated to
-    ``batch_size`` rows; None when this cache cannot be repeated (then run the plain path)."""
+    ``batch_size`` rows; None when this cache cannot be repeated (then run the plain path).
+
+    With ``grad`` the forward is recorded for autograd (a training step): the repeat is
+    differentiable, its backward sums the rows' gradients, so the step's gradients are the
+    plain batch's."""
     from realignkit.modeling import input_device
 
     ids = torch.tensor([list(prefix)], dtype=torch.long, device=input_device(model))
-    with torch.inference_mode():
+    with torch.enable_grad() if grad else torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)
     cache = getattr(out, "cache", None)
     if cache is None:

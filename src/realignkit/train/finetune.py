@@ -355,15 +355,15 @@ def shared_prefix_cache(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_kept: int
 ) -> tuple[int, Any | None]:
     """The length of the leading tokens every row of a right-padded training batch shares and
-    the model's cache after them (one forward of a batch of one, gradients on), repeated to
-    the batch; ``(0, None)`` when the plain pass must run.
+    the model's cache after them, with gradients, repeated to the batch
+    (:func:`realignkit.eval.prefix.prefix_cache`); ``(0, None)`` when the plain pass must run.
 
     The prefix stops before ``first_kept`` (the first position whose logits the loss reads)
     and before any padding; sharing is taken where :func:`realignkit.eval.prefix.
     supports_prefix_sharing` says positions and caches behave as in the plain pass, and only
     when the prefix is long enough to pay for a second forward call.
     """
-    from realignkit.eval.prefix import _expandable, supports_prefix_sharing
+    from realignkit.eval.prefix import prefix_cache, supports_prefix_sharing
 
     rows, width = input_ids.shape
     if rows < 2:
@@ -373,12 +373,8 @@ def shared_prefix_cache(
     shared = min(shared, first_kept, width - 1)
     if shared < MIN_SHARED_PREFIX or not supports_prefix_sharing(_unwrapped(model), width):
         return 0, None
-    out = model(input_ids=input_ids[:1, :shared], use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None or not _expandable(cache):
-        return 0, None
-    cache.batch_repeat_interleave(rows)  # differentiable: its backward sums over the rows
-    return shared, cache
+    cache = prefix_cache(model, input_ids[0, :shared].tolist(), rows, grad=True)
+    return (shared, cache) if cache is not None else (0, None)
 
 
 MIN_SHARED_PREFIX = 8
