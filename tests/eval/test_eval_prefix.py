@@ -146,3 +146,17 @@ def test_response_losses_are_the_summed_nll_of_each_response(arch):
         )[row.response_start - 1 :]
         assert count == len(row.ids) - row.response_start
         assert total == pytest.approx(float(nll.sum()), abs=1e-4)
+
+
+def test_response_losses_batch_rows_of_similar_length():
+    """Longest first, so each batch is as wide as its own longest row and no wider."""
+    model = build_tiny_model("llama", seed=3)
+    rows = _answer_rows()
+    widths: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    response_losses(model, rows, 0, batch_size=2, share_prefix=False)
+    hook.remove()
+    lengths = sorted((len(r.ids) for r in rows), reverse=True)
+    assert widths == [lengths[0], lengths[2]]
