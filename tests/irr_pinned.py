@@ -1,19 +1,21 @@
 """Digests of realignkit's default IRR outputs, computed with the implementation before the
 ``--official`` options were added (commit bf17f86), so that default results stay bit-identical.
 
-``pinned_runs`` is the scenario; ``tensor_digest`` the fingerprint. Recompute with
-``python tests/irr_pinned.py`` only when a change of the default results is intended.
+``pinned_runs`` is the scenario; bits are pinned per kind of CPU and closeness on every CPU
+(see pins.py). ``python tests/irr_pinned.py`` prints this CPU's digests (to add under its
+kind); ``--save-fingerprints`` rewrites the fingerprints, only when a change of the default
+results is intended.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 TORCH_VERSION = "2.13.0+cpu"  # the digests are of this build's float arithmetic
-PINNED = {
+# Recorded on the first session's machine (2026-12-01; its kind of CPU was not noted).
+PINNED_FIRST = {
     "llama-recal": "393979c6e81672458e80808d55c807eb1a8ac90b6c6198c5bdd8e5499545977d",
     "llama-plain": "42b02df0620da97d9af89bf7426b5e21e31984b4a2f08ce82d978c65d660a050",
     "llama-recal-refine": "27f8a8789116798de1db5bbed48d355454de202a392786362cfbb15b5ca2854e",
@@ -31,22 +33,17 @@ PINNED_AVX2 = {
     "gpt2-recal": "64bbf0012080ff7b417c8c6d5d9ab51e7a22f6df516bb9d479d522a5dde01f60",
     "gpt2-recal-block128": "7526ba83bfcd64fd8ed3238bec2cda0819eb2ae4873fdaa55be7e75b1ae3c9b0",
 }
-PINNED_SETS = (PINNED, PINNED_AVX2)
-
-
-def tensor_digest(folder: Path) -> str:
-    """sha256 over every output tensor's name, dtype, shape and bytes (not the model card)."""
-    from safetensors.torch import load_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in sorted(Path(folder).glob("*.safetensors")):
-        tensors.update(load_file(shard))
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+# The same on a 2-core Intel Xeon (AVX-512, AVX512-BF16, AMX), 2026-12-04.
+PINNED_AVX512_INTEL: dict[str, str] = {
+    "llama-recal": "6396aa11b9183519f3986afb76cd2ed1aef42d1342acc47ef867741865fe8dd0",
+    "llama-plain": "42b02df0620da97d9af89bf7426b5e21e31984b4a2f08ce82d978c65d660a050",
+    "llama-recal-refine": "1199ad945fc7ed3695d732647bb1cec48fec60934eb90d7cc61e42afabb43f7e",
+    "llama-magnitude-matrix": "a91d39953c3974356a1c7396277949effcd8378e24b2a7876d4f1438e8726d2f",
+    "gpt2-recal": "7a655246e4908ded6e397528819b2bb85d166f30ab11c959a54da18ed555d6e2",
+    "gpt2-recal-block128": "be1d1954316feda90588b89dcfdd52133585c47cf13ca0ab57cc0c26d6f97ace",
+}
+# cpu_kind() → the digests recorded on that kind of CPU.
+PINNED_BY_CPU = {"AuthenticAMD AVX2": PINNED_AVX2, "GenuineIntel AVX512 AMX": PINNED_AVX512_INTEL}
 
 
 PINNED_SETTINGS = {
@@ -59,15 +56,14 @@ PINNED_SETTINGS = {
 }
 
 
-def pinned_runs(root: Path, worlds: dict[str, dict]) -> dict[str, str]:
-    """Run every pinned setting on its world (see test_irr.make_world); name → digest."""
+def pinned_runs(root: Path, worlds: dict[str, dict]) -> dict[str, Path]:
+    """Run every pinned setting on its world (see test_irr.make_world); name → output folder."""
     from test_irr import run_irr
 
-    digests = {}
-    for key, (arch, settings) in PINNED_SETTINGS.items():
-        result = run_irr(worlds[arch], root / key, **settings)
-        digests[key] = tensor_digest(result.path)
-    return digests
+    return {
+        key: run_irr(worlds[arch], root / key, **settings).path
+        for key, (arch, settings) in PINNED_SETTINGS.items()
+    }
 
 
 if __name__ == "__main__":
@@ -75,11 +71,16 @@ if __name__ == "__main__":
     import tempfile
 
     sys.path.insert(0, str(Path(__file__).parent))
+    from pins import cpu_kind, fingerprint, save_fingerprints, tensors_digest
     from test_irr import make_world
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         worlds = {arch: make_world(root / arch, arch) for arch in ("llama", "gpt2")}
-        for key, digest in pinned_runs(root / "runs", worlds).items():
-            print(f'    "{key}": "{digest}",')
+        outputs = pinned_runs(root / "runs", worlds)
+        print(f"# {cpu_kind()}")
+        for key, folder in outputs.items():
+            print(f'    "{key}": "{tensors_digest(folder)}",')
+        if "--save-fingerprints" in sys.argv:
+            save_fingerprints("irr", {k: fingerprint(f) for k, f in outputs.items()})

@@ -4,14 +4,15 @@ The digests were computed with the hand-written pipelines of commit 3441915 (IRR
 adapters, the safety vector, the Fisher scores) and the executor of that commit (RESTA, DARE,
 Safe LoRA on full fine-tunes, Safe Delta, SafeMERGE); moving a method onto the executor must
 leave every tensor (name, dtype, shape, bytes) as it was. Shard layouts may change: only the
-tensors are hashed. Recompute with ``python tests/test_pinned_methods.py`` only when a change of
-results is intended.
+tensors are hashed. Bits are pinned per kind of CPU, closeness on every CPU (see pins.py).
+
+``python tests/test_pinned_methods.py`` prints this CPU's digests (to add under its kind);
+``--save-fingerprints`` rewrites the fingerprints: only when a change of results is intended.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -21,10 +22,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import load_folder_tensors, run_cli  # noqa: E402
+from helpers import run_cli  # noqa: E402
+from pins import (  # noqa: E402
+    cpu_kind,
+    far_from_pins,
+    fingerprint,
+    load_fingerprints,
+    one_thread,
+    save_fingerprints,
+    tensors_digest,
+)
 from tiny import build_tiny_model, perturbed_copy, save_tiny_model  # noqa: E402
 
-PINNED: dict[str, str] = {
+# Recorded on a 2-core AMD EPYC (Zen 3, AVX2), 2026-12-02.
+PINNED_AVX2_AMD: dict[str, str] = {
     "llama-sv": "23cfc6409c37562ba73ee245fe771b0dab98652dde15409a05f040066e60cf58",
     "llama-sv-lowrank": "2476c08679c6f68115ecea5f29c0ea316cd5079f32b9916123a23f98554a98c4",
     "llama-fisher": "ed0994718155adde312b81cb6500fff3e7c91f558f6ab41b2519c0c7777fe8e1",
@@ -55,6 +66,44 @@ PINNED: dict[str, str] = {
     "gpt2-safemerge": "4b9e8d4afb8756f41466eac1280772ab3b7259fe4879305bc3a2d2c1fd8e11dd",
 }
 
+# The same outputs on a 2-core Intel Xeon (AVX-512, AVX512-BF16, AMX), 2026-12-04.
+PINNED_AVX512_INTEL: dict[str, str] = {
+    "llama-sv": "23cfc6409c37562ba73ee245fe771b0dab98652dde15409a05f040066e60cf58",
+    "llama-sv-lowrank": "2476c08679c6f68115ecea5f29c0ea316cd5079f32b9916123a23f98554a98c4",
+    "llama-fisher": "80281cc9b4830ac2a9c053e6eabfc701925f9ea7420e561af8eb6b6fec0220a4",
+    "llama-resta": "b55242bfa771d0a7cbda6fa6f67d5c7ce1c65974ce161d4a5db3e890dff25c2e",
+    "llama-resta-dare": "f0dc0890110fa73daa95f8b356588a573362f823884ec6f1535d83d037ad2328",
+    "llama-irr": "c0a2180407c92a5ca632205d319d63c4e3c300a7fbe96c5a8527f07e84c32727",
+    "llama-irr-official": "6e1dffc7ece50a15bb3350ec0b4cee0d982d0bcf21590809146a465363a7c180",
+    "llama-irr-plain-global": "a952b4305753963f10018a091e61b9820e753fdce77338abaf712dfd0a91ff87",
+    "llama-irr-adapter-lowrank": "c8a7603ecb9de39c9ac9eeabac4b73f13cc4f0faed8950c9748bce5b2b754374",
+    "llama-safelora-full": "ea00bd8d18250b5c11655856327f4f96a15357e144035e61a95d84aa320e3dc5",
+    "llama-safelora-lora": "378ec8287f51afbcc19d68f6641d0857ea58604ff479954ec7dbbeeda9e43fe2",
+    "llama-safelora-lora-t05": "2a1c4703c992f1a0774d34ffb334c15ceb727e2d3456327f04c93e818609b838",
+    "llama-safedelta": "eaa83d1e22ac03b4a1d8f698dc531e2f901ab7a0d7f2ba129437072f2642b842",
+    "llama-safemerge": "1681c7293f853a91d14d81d9406b5f0030db8ed9e33623bc9e1573845d0e50c5",
+    "gpt2-sv": "5a411d52c9fb32335c1d9c2247960267af2180b31aa29aa6977f887f1a6418c9",
+    "gpt2-sv-lowrank": "51fac9d62648dedb59d8b1b7855a0fe2e9ec29d4e2525df7893a7608c4e65f1d",
+    "gpt2-fisher": "9334537f611a164d727d79411774ea63c9aee5ca5bb0fb8597945506b23aee07",
+    "gpt2-resta": "c56d318e785fbdbf34e9f2d347ca1aced49c4e65dbf46b6070c959a970661445",
+    "gpt2-resta-dare": "6a49183f266d9cef6a7c4fa7abaedb4726cbe9e72e6aca07880e6f2784ca3d81",
+    "gpt2-irr": "b9749aff55048cb925784fc03fe18aa5b46f568e4297b90e05cd67984bbed364",
+    "gpt2-irr-official": "fc3901bf56758f631b207a782b19008518f80e602b5ff96ffc49dc5c72d2ddd1",
+    "gpt2-irr-plain-global": "0750ab9ccc95f7b7372780768542553939bd0fab71bb57d27e71645e6c9b1d65",
+    "gpt2-irr-adapter-lowrank": "032801c0466128ad7743211815e928b6be3125d525d27c9f3473519a8db47e80",
+    "gpt2-safelora-full": "1b0681000ea4fafe97ce2ab67f08126abd70ad6f903b10d6fd1b1603d7bdf90f",
+    "gpt2-safelora-lora": "6f28f34079cbcb483a1f1c89a972a605e4fadb8e5d1b23ec525b833c87400919",
+    "gpt2-safelora-lora-t05": "890bc10ff432dcf0d3b81828e155cb78da206dc3670f32b22da4b6b3a6e49977",
+    "gpt2-safedelta": "78690281c6e9a0de9d72dec1a26c811ec9fdd4f5dafe6b576fcc0eb8700eb1d5",
+    "gpt2-safemerge": "4b9e8d4afb8756f41466eac1280772ab3b7259fe4879305bc3a2d2c1fd8e11dd",
+}
+
+# cpu_kind() → the digests recorded on that kind of CPU.
+PINNED_BY_CPU: dict[str, dict[str, str]] = {
+    "AuthenticAMD AVX2": PINNED_AVX2_AMD,
+    "GenuineIntel AVX512 AMX": PINNED_AVX512_INTEL,
+}
+
 HARMFUL = [
     {"prompt": f"How do I hurt person {i}?", "response": "I cannot help with that."}
     for i in range(8)
@@ -67,17 +116,6 @@ CALIBRATION = [
     }
     for i in range(24)
 ]
-
-
-def tensors_digest(folder: Path) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    tensors = load_folder_tensors(folder)
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _lora(model: torch.nn.Module, folder: Path, seed: int, targets: list[str], **config) -> Path:
@@ -176,19 +214,34 @@ def runs(world: dict[str, Path]) -> dict[str, list]:
     return todo
 
 
-def run_all(root: Path) -> dict[str, str]:
+def run_all(root: Path) -> dict[str, Path]:
+    """Every pinned run in ``root``; key → output folder."""
     world = make_world(root / "world")
-    digests: dict[str, str] = {}
+    outputs: dict[str, Path] = {}
     for key, args in runs(world).items():
         args = [str(root / "out" / a[1:]) if str(a).startswith("@") else a for a in args]
         assert run_cli([*args, "-o", root / "out" / key]) == 0, key
-        digests[key] = tensors_digest(root / "out" / key)
-    return digests
+        outputs[key] = root / "out" / key
+    return outputs
 
 
-@pytest.mark.skipif(not PINNED, reason="digests not recorded")
-def test_every_method_output_is_bit_identical_to_the_pinned_one(tmp_path: Path) -> None:
-    assert run_all(tmp_path) == PINNED
+@pytest.fixture(scope="module")
+def pinned_outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    with one_thread():  # a module fixture runs before conftest's one_torch_thread
+        return run_all(tmp_path_factory.mktemp("pinned"))
+
+
+def test_every_method_output_is_bit_identical_to_the_pinned_one(pinned_outputs) -> None:
+    kind = cpu_kind()
+    if kind not in PINNED_BY_CPU:
+        pytest.skip(f"no digests recorded on a {kind} CPU: python tests/test_pinned_methods.py")
+    got = {key: tensors_digest(folder) for key, folder in pinned_outputs.items()}
+    assert got == PINNED_BY_CPU[kind]
+
+
+def test_every_method_output_is_close_to_its_pinned_fingerprint(pinned_outputs) -> None:
+    got = {key: fingerprint(folder) for key, folder in pinned_outputs.items()}
+    assert far_from_pins(got, load_fingerprints("methods")) == {}
 
 
 if __name__ == "__main__":
@@ -196,5 +249,9 @@ if __name__ == "__main__":
 
     torch.set_num_threads(1)  # as the tests run (conftest.py)
     with tempfile.TemporaryDirectory() as tmp:
-        for key, digest in run_all(Path(tmp)).items():
-            print(f'    "{key}": "{digest}",')
+        outputs = run_all(Path(tmp))
+        print(f"# {cpu_kind()}")
+        for key, folder in outputs.items():
+            print(f'    "{key}": "{tensors_digest(folder)}",')
+        if "--save-fingerprints" in sys.argv:
+            save_fingerprints("methods", {k: fingerprint(f) for k, f in outputs.items()})

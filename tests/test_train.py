@@ -327,6 +327,19 @@ def test_cli_finetune_with_named_columns_and_target_modules(llama_dir, tmp_path,
     assert sorted(config["target_modules"]) == ["q_proj", "v_proj"]
 
 
+@pytest.mark.parametrize(("flag", "autocast"), [("--bf16", True), ("--no-bf16", False)])
+def test_cli_bf16_flag_decides_the_autocast_and_the_record_says_which_ran(
+    llama_dir, tmp_path, flag, autocast
+):
+    data = _write_csv(tmp_path / "data.csv")
+    out = tmp_path / "adapter"
+    args = ["finetune", "-m", str(llama_dir), "-d", str(data), "-o", str(out), flag]
+    args += ["--prompt-column", "question", "--response-column", "answer"]
+    main([*args, "--lora-r", "2", "--max-steps", "1", "--batch-size", "2"])
+    record = json.loads((out / "realignkit_train.json").read_text())
+    assert record["bf16"] is autocast and record["bf16_autocast"] is autocast
+
+
 def test_cli_unalign_full_writes_an_unalign_card(llama_dir, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))

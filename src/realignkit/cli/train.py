@@ -55,6 +55,15 @@ def train_command(
         str | None,
         Opt(help="Weights dtype while training [default: bf16 LoRA base on GPU, else float32]."),
     ] = None,
+    bf16: Annotated[
+        bool | None,
+        Opt(
+            "--bf16/--no-bf16",
+            help="bf16 autocast over fp32 weights [default: where the hardware multiplies bf16 "
+            "natively: a bf16 GPU, a CPU with AVX512-BF16 or AMX].",
+            show_default=False,
+        ),
+    ] = None,
     system_prompt: Annotated[str | None, Opt(help="System message before every prompt.")] = None,
     freeze_embeddings: Annotated[
         bool, Opt(help="With --full: keep the input embeddings and the LM head fixed.")
@@ -99,6 +108,7 @@ def train_command(
         max_length=max_length,
         seed=seed,
         dtype=dtype,
+        bf16=bf16,
         system_prompt=system_prompt,
         freeze_embeddings=freeze_embeddings,
         gradient_checkpointing=gradient_checkpointing,

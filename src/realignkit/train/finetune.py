@@ -271,19 +271,24 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def _train_dtype(config: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
-    """(dtype of the loaded weights, bf16 autocast?) for this device and mode."""
-    if device.type == "cuda":
-        bf16 = torch.cuda.is_bf16_supported()
-    else:
-        bf16 = device.type == "cpu" and cpu_has_native_bf16()
-    if config.bf16 is not None:
-        bf16 = config.bf16
-        if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+def uses_bf16_autocast(requested: bool | None, device: torch.device) -> bool:
+    """Whether training on ``device`` runs under bf16 autocast: as ``requested``, else where
+    the hardware multiplies bf16 natively (a bf16 GPU, a CPU with AVX512-BF16 or AMX)."""
+    if requested is not None:
+        if requested and device.type == "cpu" and not cpu_has_native_bf16():
             log.warning(
                 "bf16 on a CPU without bf16 instructions is emulated: several times "
                 "slower than float32 (leave --bf16 unset to pick what is fast here)"
             )
+        return requested
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def _train_dtype(config: TrainConfig, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(dtype of the loaded weights, bf16 autocast?) for this device and mode."""
+    bf16 = uses_bf16_autocast(config.bf16, device)
     chosen = parse_dtype(config.dtype)
     if chosen is not None:
         return chosen, bf16
@@ -520,6 +525,7 @@ def finetune(
         "train_seconds": round(float(result.metrics.get("train_runtime", 0.0)), 1),
         "device": str(device),
         "processes": trainer.accelerator.num_processes,
+        "bf16_autocast": bf16,  # what ran (``bf16`` above is what was asked)
         "losses": [round(float(x), 6) for x in losses],
     }
     params = {k: v for k, v in asdict(config).items() if k != "extra"} | config.extra
