@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 TORCH_VERSION = "2.13.0+cpu"  # the digests are of this build's float arithmetic
-# Recorded on the first session's machine (2026-12-01; its kind of CPU was not noted).
+# Recorded on the first session's machine (2026-12-01): an AMD EPYC with AVX-512 (cpu_kind()
+# "AuthenticAMD AVX512"), as a rerun on such a machine on 2026-12-04 reproduced bit for bit.
 PINNED_FIRST = {
     "llama-recal": "393979c6e81672458e80808d55c807eb1a8ac90b6c6198c5bdd8e5499545977d",
     "llama-plain": "42b02df0620da97d9af89bf7426b5e21e31984b4a2f08ce82d978c65d660a050",
@@ -43,7 +44,11 @@ PINNED_AVX512_INTEL: dict[str, str] = {
     "gpt2-recal-block128": "be1d1954316feda90588b89dcfdd52133585c47cf13ca0ab57cc0c26d6f97ace",
 }
 # cpu_kind() → the digests recorded on that kind of CPU.
-PINNED_BY_CPU = {"AuthenticAMD AVX2": PINNED_AVX2, "GenuineIntel AVX512 AMX": PINNED_AVX512_INTEL}
+PINNED_BY_CPU = {
+    "AuthenticAMD AVX2": PINNED_AVX2,
+    "AuthenticAMD AVX512": PINNED_FIRST,
+    "GenuineIntel AVX512 AMX": PINNED_AVX512_INTEL,
+}
 
 
 PINNED_SETTINGS = {

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from irr_pinned import PINNED_BY_CPU, PINNED_FIRST, TORCH_VERSION, pinned_runs  # noqa: E402
+from irr_pinned import PINNED_BY_CPU, TORCH_VERSION, pinned_runs  # noqa: E402
 from pins import (  # noqa: E402
     REFINED_RTOL,
     cpu_kind,
@@ -552,8 +552,6 @@ def default_outputs(tmp_path_factory):
 )
 def test_default_outputs_are_bit_identical_to_the_pre_official_implementation(default_outputs):
     got = {key: tensors_digest(folder) for key, folder in default_outputs.items()}
-    if got == PINNED_FIRST:
-        return
     kind = cpu_kind()
     if kind not in PINNED_BY_CPU:
         pytest.skip(f"no IRR digests recorded on a {kind} CPU: python tests/irr_pinned.py")

@@ -98,9 +98,42 @@ PINNED_AVX512_INTEL: dict[str, str] = {
     "gpt2-safemerge": "4b9e8d4afb8756f41466eac1280772ab3b7259fe4879305bc3a2d2c1fd8e11dd",
 }
 
+# The same outputs on a 2-core AMD EPYC with AVX-512 (no AMX), 2026-12-04.
+PINNED_AVX512_AMD: dict[str, str] = {
+    "llama-sv": "23cfc6409c37562ba73ee245fe771b0dab98652dde15409a05f040066e60cf58",
+    "llama-sv-lowrank": "2476c08679c6f68115ecea5f29c0ea316cd5079f32b9916123a23f98554a98c4",
+    "llama-fisher": "b7b831c70e0c0bd533c4e977b6d4e6cf09a4d61c42eda65700e26990e80ffaac",
+    "llama-resta": "b55242bfa771d0a7cbda6fa6f67d5c7ce1c65974ce161d4a5db3e890dff25c2e",
+    "llama-resta-dare": "f0dc0890110fa73daa95f8b356588a573362f823884ec6f1535d83d037ad2328",
+    "llama-irr": "299b94f6b5d36abc19cef863ed483dac4070879620b93b241f06e882c6f8b03d",
+    "llama-irr-official": "cf7760da8adcb8b706766ed3a67a75bbf68aff59dba2d022de08fb3eaafe73d6",
+    "llama-irr-plain-global": "a952b4305753963f10018a091e61b9820e753fdce77338abaf712dfd0a91ff87",
+    "llama-irr-adapter-lowrank": "963402241091f8fc2caa6b9cfab2b7f405b5d0ff489f9062922e988f310a871c",
+    "llama-safelora-full": "ea00bd8d18250b5c11655856327f4f96a15357e144035e61a95d84aa320e3dc5",
+    "llama-safelora-lora": "9c0e9acac3666ffc0cabb25890f2608e511387dcc145b371bb380bf3e697e3b2",
+    "llama-safelora-lora-t05": "2a1c4703c992f1a0774d34ffb334c15ceb727e2d3456327f04c93e818609b838",
+    "llama-safedelta": "9a4e7785653acd32f5236b2f1f4dc5112464c7f1cc077c8207199c3251038769",
+    "llama-safemerge": "1681c7293f853a91d14d81d9406b5f0030db8ed9e33623bc9e1573845d0e50c5",
+    "gpt2-sv": "5a411d52c9fb32335c1d9c2247960267af2180b31aa29aa6977f887f1a6418c9",
+    "gpt2-sv-lowrank": "51fac9d62648dedb59d8b1b7855a0fe2e9ec29d4e2525df7893a7608c4e65f1d",
+    "gpt2-fisher": "279cf1fdedb89f44414d25a5e8abcf0ae50205a890e3bbce280b169cdbed03dd",
+    "gpt2-resta": "c56d318e785fbdbf34e9f2d347ca1aced49c4e65dbf46b6070c959a970661445",
+    "gpt2-resta-dare": "6a49183f266d9cef6a7c4fa7abaedb4726cbe9e72e6aca07880e6f2784ca3d81",
+    "gpt2-irr": "0e3bb470af6bdb02e6d266e5fe23f5ec8e824dd37eeece75c30a6f97faaa280e",
+    "gpt2-irr-official": "8d508a66dc83483b2fa238a9ed12337d296e2978ec352a12275c015fbeb7c875",
+    "gpt2-irr-plain-global": "0750ab9ccc95f7b7372780768542553939bd0fab71bb57d27e71645e6c9b1d65",
+    "gpt2-irr-adapter-lowrank": "ad76dd5395b27285f76dab67077badd09569da4816292cd9beaabf6868ceab25",
+    "gpt2-safelora-full": "1b0681000ea4fafe97ce2ab67f08126abd70ad6f903b10d6fd1b1603d7bdf90f",
+    "gpt2-safelora-lora": "3e6f2fcd22038558005dd9e639ae97daf6f34e4f725e394ca4cd63fa552d198b",
+    "gpt2-safelora-lora-t05": "6662b49b777e3a80f97305c0c1e036e31a650701f082ba26e80fe5776e0b0429",
+    "gpt2-safedelta": "dfddcdf910bd655013f539043ea8b9d17f39a749d712c44d41aaeca641267330",
+    "gpt2-safemerge": "4b9e8d4afb8756f41466eac1280772ab3b7259fe4879305bc3a2d2c1fd8e11dd",
+}
+
 # cpu_kind() → the digests recorded on that kind of CPU.
 PINNED_BY_CPU: dict[str, dict[str, str]] = {
     "AuthenticAMD AVX2": PINNED_AVX2_AMD,
+    "AuthenticAMD AVX512": PINNED_AVX512_AMD,
     "GenuineIntel AVX512 AMX": PINNED_AVX512_INTEL,
 }
 
