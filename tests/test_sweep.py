@@ -272,3 +272,57 @@ def test_bad_config(tmp_path, capsys, world, edit, needles) -> None:
     code = run_cli(["sweep", "--config", tmp_path / "sweep.yaml", "-o", tmp_path / "out"])
     assert_one_line_error(capsys, code, *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_sweeps_of_two_fine_tunes_sharing_a_workdir_compute_the_fisher_scores_once(
+    tmp_path: Path, world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IRR's Fisher scores depend on the aligned model and the harmful data, not on the
+    fine-tune: sweeps given one ``workdir`` compute them once; other data, once more."""
+    import realignkit.calib.fisher as fisher
+
+    computed: list[str] = []
+    real = fisher.compute_fisher
+
+    def counting(aligned, harmful, *args, **kwargs):
+        computed.append(Path(harmful).name)
+        return real(aligned, harmful, *args, **kwargs)
+
+    monkeypatch.setattr(fisher, "compute_fisher", counting)
+    aligned = perturbed_copy(build_tiny_model("llama", seed=0), seed=1, scale=0.02)  # world's A
+    rows = [
+        {"prompt": f"How do I hurt person {i}?", "response": "I cannot help."} for i in range(3)
+    ]
+    calibration = [{"prompt": f"What is {i} plus {i}?", "response": f"{2 * i}"} for i in range(4)]
+    root = tmp_path / "data"
+    root.mkdir()
+    for name, data in (
+        ("harm.jsonl", rows),
+        ("calib.jsonl", calibration),
+        ("other.jsonl", rows[:2]),
+    ):
+        (root / name).write_text("\n".join(json.dumps(r) for r in data))
+
+    def sweep(finetuned: str, harmful: str) -> None:
+        config = {
+            "models": {"aligned": world["A"], "unaligned": world["U"], "finetuned": finetuned},
+            "data": {"harmful": root / harmful, "calibration": root / "calib.jsonl"},
+            "methods": {"irr": {"rho": 0.5, "num_samples": 2, "max_length": 32}},
+            "baselines": [],
+            "eval": {"safety": ["harmful:x"], "utility": ["qa:y"]},
+            "workdir": tmp_path / "shared",
+        }
+        run_sweep(config, tmp_path / f"sweep-{Path(finetuned).name}-{harmful}", evaluate_fn=fake)
+
+    def fake(model, *, adapter, out_dir, name, cache_dir, safety, utility):
+        return {"scores": {"harmfulness": 0.5, "utility": 0.5}, "metrics": {}}
+
+    for seed in (5, 6):
+        model = perturbed_copy(aligned, seed=seed, scale=0.05)
+        save_tiny_model("llama", tmp_path / f"F{seed}", model=model)
+    sweep(str(tmp_path / "F5"), "harm.jsonl")
+    sweep(str(tmp_path / "F6"), "harm.jsonl")
+    assert computed == ["harm.jsonl"]  # the second fine-tune reused the scores
+    sweep(str(tmp_path / "F6"), "other.jsonl")
+    assert computed == ["harm.jsonl", "other.jsonl"]  # other data, other scores
+    assert len([p for p in (tmp_path / "shared").iterdir() if p.name.startswith("fisher-")]) == 2

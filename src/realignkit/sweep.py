@@ -18,6 +18,7 @@ safety. A sweep config names the models, the methods with their grids and the ev
       safelora: {threshold: [0.3, 0.5]}
     baselines: [finetuned, aligned]  # reference points (default: both)
     keep_models: true                # false: delete each variant's weights once evaluated
+    workdir: runs/shared-work        # optional: share the Fisher scores etc. across sweeps
     eval:                            # keyword arguments of realignkit.eval.evaluate
       safety: [catqa_english]
       utility: [gsm8k]
@@ -27,7 +28,9 @@ safety. A sweep config names the models, the methods with their grids and the ev
 Method names are registry recipes; a list value is a grid axis, a scalar a fixed setting, and
 the variants are the product of the axes. Everything lands in the output folder:
 
-    work/              shared artefacts: the safety vector, IRR's Fisher scores (job.workdir)
+    work/              shared artefacts: the safety vector, IRR's Fisher scores (job.workdir;
+                       ``workdir:`` puts them elsewhere, so the sweeps of several fine-tunes
+                       of one aligned model compute them once)
     variants/ID/       each re-aligned model or adapter, with ID.json saying how it was built
     reports/ID/        each evaluation report;  cache/  generations and verdicts, shared
     results.jsonl      one line per evaluated variant, keyed by ID and a hash of its inputs
@@ -65,7 +68,7 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 EvaluateFn = Callable[..., dict[str, Any]]
 
-TOP_KEYS = ("models", "data", "methods", "baselines", "eval", "seed", "keep_models")
+TOP_KEYS = ("models", "data", "methods", "baselines", "eval", "seed", "keep_models", "workdir")
 MODEL_KEYS = (
     "aligned",
     "pretrained",
@@ -106,6 +109,8 @@ class SweepConfig:
     baselines: list[str]
     seed: int = 0
     keep_models: bool = True  # False: a variant's weights go once its result is recorded
+    # inputs that depend on the aligned model and the data only (None: OUT/work)
+    workdir: Path | None = None
 
 
 @dataclass
@@ -305,7 +310,10 @@ def parse_config(config: Mapping[str, Any], base_dir: PathLike | None = None) ->
     keep_models = config.get("keep_models", True)
     if not isinstance(keep_models, bool):
         raise RealignError(f"sweep config: keep_models must be true or false, got {keep_models!r}")
-    return SweepConfig(models, methods, settings, baselines, seed, keep_models)
+    workdir = config.get("workdir")
+    if workdir is not None:
+        workdir = _path(workdir, "workdir", base)
+    return SweepConfig(models, methods, settings, baselines, seed, keep_models, workdir)
 
 
 # --- variants ------------------------------------------------------------------------------------
@@ -510,7 +518,7 @@ def _build(
         harmful=m.get("harmful"),
         calibration=m.get("calibration"),
         safety_model=m.get("safety_model"),
-        workdir=out_dir / "work",
+        workdir=cfg.workdir or out_dir / "work",
         seed=cfg.seed,
         params=dict(variant.params),
         overwrite=True,
@@ -573,7 +581,9 @@ def run_sweep(
         for v in todo
         if v.method != "baseline"
     )
-    safety_vector = _safety_vector(cfg, out / "work", needs_vector) if todo else None
+    work = cfg.workdir or out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    safety_vector = _safety_vector(cfg, work, needs_vector) if todo else None
     built = evaluated = 0
     for variant in tqdm(todo, desc="sweep", unit="variant", disable=not todo):
         realigned, was_built = _build(variant, cfg, out, safety_vector, recipes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import sys
 import types
@@ -101,6 +102,24 @@ def test_cache_skips_what_exists_and_survives_a_torn_line(tmp_path):
     other = GenerationSettings(max_new_tokens=5)
     generate_cached(generator, texts[:1], other, JsonlCache(path))
     assert CountingGenerator.calls == 5  # new settings, new key
+
+
+def test_cached_answers_of_one_dtype_never_stand_in_for_another(tmp_path):
+    """The same weights in bf16 answer differently (the demo's fine-tune: 82 % harmful in fp32,
+    60 % in bf16), so the dtype is part of the cache key, and the report says which ran."""
+    model = build_tiny_model("llama")
+    fp32 = CountingGenerator(model, make_tokenizer(), "fp")
+    bf16 = CountingGenerator(copy.deepcopy(model).to(torch.bfloat16), make_tokenizer(), "fp")
+    assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16")
+    settings = GenerationSettings(max_new_tokens=4)
+    text = [fp32.format(PROMPTS[0])]
+    path = tmp_path / "generations.jsonl"
+    calls = CountingGenerator.calls
+    generate_cached(fp32, text, settings, JsonlCache(path))
+    generate_cached(bf16, text, settings, JsonlCache(path))
+    assert CountingGenerator.calls == calls + 2  # the bf16 model generated its own answer
+    generate_cached(bf16, text, settings, JsonlCache(path))
+    assert CountingGenerator.calls == calls + 2  # and reuses it
 
 
 def test_fingerprint_follows_content_not_path(tmp_path):

@@ -353,6 +353,7 @@ def evaluate(
         "adapter": str(adapter) if adapter else None,
         "fingerprint": generator.fingerprint,
         "backend": generator.backend,
+        "dtype": generator.dtype,
         "judge": judge,
         "system_prompt": system,
         "settings": {

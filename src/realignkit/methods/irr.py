@@ -30,6 +30,8 @@ response and EOS, from the first N rows.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -803,6 +805,14 @@ def _irr_json(params: Mapping[str, Any], output: Any) -> dict[str, Any]:
     return {META_FILE: {"method": "irr", "inputs": inputs, "settings": settings, "layers": layers}}
 
 
+def _source_fingerprint(source: Any) -> str:
+    """The sampled content fingerprint of a local model folder or data file, else its name."""
+    from realignkit.checkpoint.fingerprint import fingerprint
+
+    path = Path(str(source)).expanduser()
+    return fingerprint(path) if path.exists() else str(source)
+
+
 def _job_inputs(job: Any, params: Mapping[str, Any], out: Any) -> dict[str, Any]:
     """Registry runs: the aligned model's Fisher scores on the job's harmful prompts (cached
     in the job's workdir); safe responses are generated when the data hold none."""
@@ -815,7 +825,18 @@ def _job_inputs(job: Any, params: Mapping[str, Any], out: Any) -> dict[str, Any]
         raise RealignError("the irr recipe needs harmful prompts for the Fisher scores")
     mode = params["fisher_mode"]
     workdir = Path(job.workdir) if job.workdir else Path(out).parent
-    folder = workdir / f"fisher-{mode}-{params['seed']}-{params['num_samples']}"
+    # Keyed by everything the scores depend on, none of it the fine-tune: the sweeps of one
+    # run (every fine-tune and seed) share a workdir and compute the scores once.
+    stamp = [
+        _source_fingerprint(job.aligned),
+        _source_fingerprint(job.harmful),
+        mode,
+        params["seed"],
+        params["num_samples"],
+        params["max_length"],
+    ]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+    folder = workdir / f"fisher-{mode}-{key}"
     if not (folder / FisherScores.index_file).exists():
         compute_fisher(
             job.aligned,

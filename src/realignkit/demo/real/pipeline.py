@@ -619,6 +619,9 @@ class Run:
             "eval": asdict(self.eval_plan()),
             "seed": self.settings.seed,
             "keep_models": self.keep_models,
+            # one folder for the run: what depends on the aligned model and the data only
+            # (IRR's Fisher scores) is computed once for every fine-tune and seed
+            "workdir": str(self.paths.out / "work"),
         }
 
     def sweeps(self, seed: int | None = None) -> None:
