@@ -326,3 +326,36 @@ def test_sweeps_of_two_fine_tunes_sharing_a_workdir_compute_the_fisher_scores_on
     sweep(str(tmp_path / "F6"), "other.jsonl")
     assert computed == ["harm.jsonl", "other.jsonl"]  # other data, other scores
     assert len([p for p in (tmp_path / "shared").iterdir() if p.name.startswith("fisher-")]) == 2
+
+
+def test_a_shared_workdir_recomputes_the_safety_vector_when_a_model_changes_in_place(
+    tmp_path: Path, world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import realignkit.methods.safety_vector as sv
+
+    computed: list[str] = []
+    real = sv.compute_safety_vector
+    monkeypatch.setattr(
+        sv, "compute_safety_vector", lambda *a, **k: computed.append("sv") or real(*a, **k)
+    )
+
+    def fake(model, *, adapter, out_dir, name, cache_dir, safety, utility):
+        return {"scores": {"harmfulness": 0.5, "utility": 0.5}, "metrics": {}}
+
+    def sweep(gamma: float) -> None:
+        config = {
+            "models": {"aligned": world["A"], "unaligned": world["U"], "adapter": world["L"]},
+            "methods": {"resta": {"gamma": gamma}},
+            "baselines": [],
+            "eval": {"safety": ["harmful:x"], "utility": ["qa:y"]},
+            "workdir": tmp_path / "shared",
+        }
+        run_sweep(config, tmp_path / f"sweep-{gamma}", evaluate_fn=fake)
+
+    sweep(0.3)
+    sweep(0.5)
+    assert computed == ["sv"]  # the second sweep reused it
+    aligned = perturbed_copy(build_tiny_model("llama", seed=0), seed=1, scale=0.02)
+    save_tiny_model("llama", world["U"], model=perturbed_copy(aligned, seed=9))  # retrained
+    sweep(0.7)
+    assert computed == ["sv", "sv"]

@@ -459,10 +459,12 @@ def _safety_vector(cfg: SweepConfig, work: Path, needed: bool) -> Path | None:
         return cfg.models["safety_vector"]
     if not needed or not any(k in cfg.models for k in ("unaligned", "unaligned_adapter")):
         return None
+    from realignkit.checkpoint.fingerprint import source_fingerprint
     from realignkit.methods.safety_vector import compute_safety_vector
 
-    source = {k: str(cfg.models[k]) for k in ("unaligned", "unaligned_adapter") if k in cfg.models}
-    stamp = {"aligned": str(cfg.models["aligned"]), **source}
+    # paths and contents: a shared workdir outlives a model retrained at the same path
+    roles = ["aligned"] + [k for k in ("unaligned", "unaligned_adapter") if k in cfg.models]
+    stamp = {role: [str(cfg.models[role]), source_fingerprint(cfg.models[role])] for role in roles}
     path = work / "safety-vector"
     record = work / "safety-vector.json"
     if path.is_dir() and _read_json(record) == stamp:

@@ -51,3 +51,10 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
     for file in files:
         h.update(file_fingerprint(file).encode())
     return "sha256:" + h.hexdigest()
+
+
+def source_fingerprint(source: str | os.PathLike[str]) -> str:
+    """The fingerprint of a local file or folder, else the name as given (a hub id): what a
+    cache of derived inputs (Fisher scores, a safety vector) is keyed by."""
+    path = Path(source).expanduser()
+    return fingerprint(path) if path.exists() else str(source)

@@ -805,20 +805,13 @@ def _irr_json(params: Mapping[str, Any], output: Any) -> dict[str, Any]:
     return {META_FILE: {"method": "irr", "inputs": inputs, "settings": settings, "layers": layers}}
 
 
-def _source_fingerprint(source: Any) -> str:
-    """The sampled content fingerprint of a local model folder or data file, else its name."""
-    from realignkit.checkpoint.fingerprint import fingerprint
-
-    path = Path(str(source)).expanduser()
-    return fingerprint(path) if path.exists() else str(source)
-
-
 def _job_inputs(job: Any, params: Mapping[str, Any], out: Any) -> dict[str, Any]:
     """Registry runs: the aligned model's Fisher scores on the job's harmful prompts (cached
     in the job's workdir); safe responses are generated when the data hold none."""
     if params["mask"] != "fisher":
         return {}
     from realignkit.calib.fisher import compute_fisher
+    from realignkit.checkpoint.fingerprint import source_fingerprint
     from realignkit.data import read_rows
 
     if job.harmful is None:
@@ -828,8 +821,8 @@ def _job_inputs(job: Any, params: Mapping[str, Any], out: Any) -> dict[str, Any]
     # Keyed by everything the scores depend on, none of it the fine-tune: the sweeps of one
     # run (every fine-tune and seed) share a workdir and compute the scores once.
     stamp = [
-        _source_fingerprint(job.aligned),
-        _source_fingerprint(job.harmful),
+        source_fingerprint(job.aligned),
+        source_fingerprint(job.harmful),
         mode,
         params["seed"],
         params["num_samples"],
