@@ -359,3 +359,55 @@ def test_a_shared_workdir_recomputes_the_safety_vector_when_a_model_changes_in_p
     save_tiny_model("llama", world["U"], model=perturbed_copy(aligned, seed=9))  # retrained
     sweep(0.7)
     assert computed == ["sv", "sv"]
+
+
+def test_safe_delta_on_a_second_fine_tune_reads_the_aligned_models_hessians_from_the_workdir(
+    tmp_path: Path, world: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Safe Delta's Hessians are the unedited aligned model's on the safety data: with a shared
+    workdir the second fine-tune's sweep runs no model, and its output is the same to the bit
+    as a run that computed them."""
+    import realignkit.calib.hessian as hessian
+
+    runs: list[int] = []
+    real = hessian.edit_blockwise
+
+    def counting(*args, **kwargs):
+        runs.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hessian, "edit_blockwise", counting)
+    aligned = perturbed_copy(build_tiny_model("llama", seed=0), seed=1, scale=0.02)  # world's A
+    rows = [
+        {"prompt": f"How do I hurt person {i}?", "response": "I cannot help."} for i in range(6)
+    ]
+    (tmp_path / "safe.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+    def fake(model, *, adapter, out_dir, name, cache_dir, safety, utility):
+        return {"scores": {"harmfulness": 0.5, "utility": 0.5}, "metrics": {}}
+
+    def sweep(finetuned: Path, out: str, workdir: Path | None) -> Path:
+        config = {
+            "models": {"aligned": world["A"], "finetuned": finetuned},
+            "data": {"harmful": tmp_path / "safe.jsonl"},
+            "methods": {"safedelta": {"budget": 0.1, "max_length": 32}},
+            "baselines": [],
+            "eval": {"safety": ["harmful:x"], "utility": ["qa:y"]},
+        }
+        if workdir is not None:
+            config["workdir"] = workdir
+        done = run_sweep(config, tmp_path / out, evaluate_fn=fake)
+        return Path(done.rows[0]["report"]).parent.parent / "variants" / done.rows[0]["id"]
+
+    for seed in (5, 6):
+        model = perturbed_copy(aligned, seed=seed, scale=0.05)
+        save_tiny_model("llama", tmp_path / f"F{seed}", model=model)
+    sweep(tmp_path / "F5", "first", tmp_path / "shared")
+    assert len(runs) == 1
+    cached = sweep(tmp_path / "F6", "second", tmp_path / "shared")
+    assert len(runs) == 1  # the aligned model did not run again
+    computed = sweep(tmp_path / "F6", "alone", None)
+    assert len(runs) == 2
+    got, want = load_folder_tensors(cached), load_folder_tensors(computed)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[name], want[name]) for name in want)

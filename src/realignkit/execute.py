@@ -15,7 +15,10 @@ aligned one, or θ_F) on their data block after block
 (:func:`realignkit.calib.hessian.edit_blockwise`), hand each linear layer's Hessian to the
 method, put the edited weight back into the running model (later blocks see it) and write it;
 a setting that needs no Hessian visits the layers without running anything, and an optional
-``prepare`` pass streams every layer first (IRR's global ranking).
+``prepare`` pass streams every layer first (IRR's global ranking). A method that reads the
+*unedited aligned* model (``sequential=False``, ``runs="aligned"``) gets the same Hessians
+whatever the fine-tune: given a ``hessian_cache`` folder they are saved there block by block,
+and a later run on the same aligned model and data reads them instead of running the model.
 
 Every output carries the same metadata file, ``realignkit.json``
 (:func:`realignkit.checkpoint.card.write_documents`): the method and its version, the
@@ -26,6 +29,7 @@ and no method: method modules stand above it.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -51,6 +55,8 @@ from realignkit.checkpoint.writer import TensorSpec
 from realignkit.contract import DATA_INPUTS, Edit, LayerInputs, Method, WeightInputs
 from realignkit.errors import RealignError
 from realignkit.ops.selection import is_selected, parse_include, tensor_kind
+
+log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
@@ -356,8 +362,13 @@ def execute(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = True,
+    hessian_cache: PathLike | None = None,
 ) -> Output:
     """Run ``method`` on ``sources`` with ``params`` and write the re-aligned model to ``out``.
+
+    ``hessian_cache``: a folder where a method that runs the unedited aligned model keeps its
+    Hessians for later runs on other fine-tunes (fp32, (in, in) per input group: 0.4 GB for
+    SmolLM2-135M, ~20 GB for a 7B model); None: nothing is cached.
 
     Everything is checked before anything is written: a bad parameter, a missing input or a
     layout mismatch ends with a one-line :class:`RealignError` and no output.
@@ -381,6 +392,7 @@ def execute(
             device,
             dtype,
             progress,
+            hessian_cache,
         )
 
 
@@ -576,6 +588,7 @@ def _run_layers(
     device: str | torch.device | None,
     dtype: torch.dtype | None,
     progress: bool,
+    hessian_cache: PathLike | None = None,
 ) -> Output:
     from realignkit.modeling import default_device
 
@@ -640,26 +653,46 @@ def _run_layers(
             output.stats[name] = edit.stats
             return stored
 
-        if runs_model:
+        by_layer = {layer.name: name for layer, name in layers}
+        cache = None
+        if runs_model and hessian_cache is not None and _hessians_reusable(method):
+            cache = HessianCache(
+                Path(hessian_cache), _hessian_key(opened, batches, by_layer, compute, dtype)
+            )
+        if cache is not None and cache.complete:
+            log.info("Hessians of the aligned model read from %s", cache.folder)
+            skeleton_layer = {layer.name: layer for layer, _ in layers}
+            for names, hessians in cache.blocks(compute):
+                for layer_name in names:
+                    edit(skeleton_layer[layer_name], by_layer[layer_name], hessians[layer_name])
+        elif runs_model:
             from realignkit.calib.hessian import edit_blockwise
 
             model = _running_model(method, opened, compute, dtype)
-            by_layer = {layer.name: name for layer, name in layers}
 
-            def edit_block(_index: int, running: list, hessians: dict[str, torch.Tensor]) -> None:
+            def edit_block(index: int, running: list, hessians: dict[str, torch.Tensor]) -> None:
+                if cache is not None:
+                    cache.save_block(index, [layer.name for layer in running], hessians)
                 for layer in running:
                     stored = edit(layer, by_layer[layer.name], hessians[layer.name])
                     if method.sequential:
                         layer.set_weight(layer.to_kernel(stored))
 
-            edit_blockwise(
-                model,
-                batches,
-                edit_block,
-                device=compute,
-                select=lambda layer: layer.name in by_layer,
-                progress=progress,
-            )
+            try:
+                edit_blockwise(
+                    model,
+                    batches,
+                    edit_block,
+                    device=compute,
+                    select=lambda layer: layer.name in by_layer,
+                    progress=progress,
+                )
+            except BaseException:
+                if cache is not None:
+                    cache.discard()
+                raise
+            if cache is not None:
+                cache.finish()
             del model
         else:
             from tqdm.auto import tqdm
@@ -748,6 +781,112 @@ def _tokenizer(method: Method, opened: _Opened) -> Any:
         return load_tokenizer(opened.readers["aligned"].dir, padding_side="right")
     adapter = weights.adapter.dir if weights.adapter is not None else None
     return load_tokenizer(weights.support_dirs[0], adapter=adapter, padding_side="right")
+
+
+def _hessians_reusable(method: Method) -> bool:
+    """Whether a method's Hessians depend on the aligned model and the data alone: it runs the
+    aligned model and never puts its edits back (later blocks see unedited inputs)."""
+    return method.runs == "aligned" and not method.sequential
+
+
+def _hessian_key(
+    opened: _Opened,
+    batches: list[dict[str, torch.Tensor]],
+    by_layer: Mapping[str, str],
+    compute: torch.device,
+    dtype: torch.dtype | None,
+) -> str:
+    """A hash of what the Hessians are made from: the aligned model's fingerprint, the token
+    batches themselves, the layers, and the device kind and dtype the model runs in."""
+    import hashlib
+    import json
+
+    from realignkit.checkpoint.fingerprint import fingerprint
+    from realignkit.modeling import default_dtype
+
+    h = hashlib.sha256()
+    running_dtype = dtype or default_dtype(compute)
+    head = [fingerprint(opened.readers["aligned"].dir), sorted(by_layer), compute.type]
+    h.update(json.dumps(head + [str(running_dtype)]).encode())
+    for batch in batches:
+        for key in sorted(batch):
+            h.update(key.encode())
+            h.update(batch[key].contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class HessianCache:
+    """The Hessians of one (aligned model, data) pair: ``hessians-KEY/block-NNNN.safetensors``,
+    one file per decoder block (a tensor per input group; the metadata names each layer's), and
+    ``done.json`` listing the blocks once all are written. It is filled in a temporary folder
+    renamed into place at the end, so a reader sees all of it or nothing."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        self.folder = root / f"hessians-{key}"
+        self._tmp: Path | None = None
+        self._blocks: list[int] = []
+
+    @property
+    def complete(self) -> bool:
+        return (self.folder / "done.json").is_file()
+
+    def save_block(
+        self, index: int, names: list[str], hessians: Mapping[str, torch.Tensor]
+    ) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        from realignkit.checkpoint.output import temporary_name
+
+        if self._tmp is None:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = temporary_name(self.folder)
+            self._tmp.mkdir()
+        stored: dict[str, torch.Tensor] = {}
+        alias: dict[str, str] = {}
+        by_tensor: dict[int, str] = {}
+        for name in names:  # layers that share an input share one tensor: stored once
+            tensor = hessians[name]
+            first = by_tensor.setdefault(id(tensor), name)
+            alias[name] = first
+            if first == name:
+                stored[name] = tensor.detach().cpu().contiguous()
+        meta = {"order": json.dumps(names), "alias": json.dumps(alias)}
+        save_file(stored, str(self._tmp / f"block-{index:04d}.safetensors"), metadata=meta)
+        self._blocks.append(index)
+
+    def finish(self) -> None:
+        from realignkit.checkpoint.output import write_json_atomic
+
+        if self._tmp is None:
+            return
+        write_json_atomic(self._tmp / "done.json", {"blocks": self._blocks})
+        try:
+            os.replace(self._tmp, self.folder)
+        except OSError:  # another run finished the same Hessians first: keep its copy
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = None
+
+    def discard(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def blocks(self, device: torch.device) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+        """Each block's layer names (in the order they were edited) and their Hessians."""
+        import json
+
+        from safetensors import safe_open
+
+        done = json.loads((self.folder / "done.json").read_text(encoding="utf-8"))
+        for index in done["blocks"]:
+            path = self.folder / f"block-{index:04d}.safetensors"
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                meta = f.metadata()
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118
+            alias = json.loads(meta["alias"])
+            yield json.loads(meta["order"]), {n: tensors[a] for n, a in alias.items()}
 
 
 def _running_model(

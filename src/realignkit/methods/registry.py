@@ -47,6 +47,8 @@ class RealignJob:
     calibration: Path | None = None  # downstream task prompts: recalibration data
     safety_model: Path | None = None  # the aligned model fine-tuned on a small safety set
     workdir: Path | None = None  # cache for reusable artefacts (Fisher scores, Hessians)
+    # the unedited aligned model's Hessians kept in workdir too (~20 GB for a 7B model)
+    share_hessians: bool = False
     seed: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = True
@@ -139,7 +141,8 @@ def declared_recipe(method: Method) -> Recipe:
         if method.job_inputs is not None:  # inputs the method derives from the job (Fisher)
             for role, path in method.job_inputs(job, params, out).items():
                 setattr(sources, role, path)
-        output = execute(method, sources, out, params, overwrite=job.overwrite)
+        cache = job.workdir if job.share_hessians else None
+        output = execute(method, sources, out, params, overwrite=job.overwrite, hessian_cache=cache)
         info = {k: v for k, v in output.meta.get("parameters", {}).items() if v not in ((), [])}
         info.update(output.meta.get("summary", {}))
         if output.form == "adapter":  # to be loaded on the aligned model it was trained on
