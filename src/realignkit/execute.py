@@ -837,10 +837,11 @@ class HessianCache:
 
         from safetensors.torch import save_file
 
-        from realignkit.checkpoint.output import temporary_name
+        from realignkit.checkpoint.output import remove_stale_temporaries, temporary_name
 
         if self._tmp is None:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.folder)  # a killed run's half (up to ~20 GB at 7B)
             self._tmp = temporary_name(self.folder)
             self._tmp.mkdir()
         stored: dict[str, torch.Tensor] = {}
